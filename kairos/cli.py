@@ -1,0 +1,133 @@
+"""The `kairos` command: serve, validate, routes, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from kairos import __version__
+from kairos.config import ConfigError, GatewayConfig, load_config
+from kairos.config.loader import config_path_from_env
+
+
+def _print_problems(exc: ConfigError, path: str) -> None:
+    print(f"{path}: invalid config, {len(exc.problems)} problem(s):", file=sys.stderr)
+    for line in exc.problems:
+        print(f"  - {line}", file=sys.stderr)
+
+
+def _load_or_exit(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _print_problems(exc, path)
+        raise SystemExit(1) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.path)
+    backends = {b.address for r in config.routers for b in r.backend_list}
+    print(f"{args.path}: valid ({len(config.routers)} routes, {len(backends)} backends)")
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.path)
+    rows = [("METHODS", "EXTERNAL PATH", "BACKENDS -> INTERNAL PATH", "STRATEGY", "AUTH")]
+    for r in config.routers:
+        backends = ", ".join(
+            f"{b.address}" + (f" (w{b.weight})" if r.load_balancing_strategy == "weighted" else "") for b in r.backend_list
+        )
+        rows.append(
+            (
+                ",".join(r.methods),
+                r.external_path,
+                f"{backends} -> {r.internal_path}",
+                r.load_balancing_strategy,
+                "jwt" if r.auth_required else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kairos.observability.logging import configure_logging
+
+    path = args.config or config_path_from_env()
+    if args.host:
+        os.environ["KAIROS_HOST"] = args.host
+    if args.port:
+        os.environ["KAIROS_PORT"] = str(args.port)
+    config = _load_or_exit(path)
+    os.environ["KAIROS_CONFIG_PATH"] = os.path.abspath(path)
+    configure_logging(config.logging.level)
+    workers = args.workers or 1
+    options = dict(
+        host=config.server.host,
+        port=config.server.port,
+        # A proxy must not add its own Server/Date next to the upstream's.
+        server_header=False,
+        date_header=False,
+        # trusted_proxies is the one source of client addresses: uvicorn must not
+        # rewrite the peer from X-Forwarded-For on its own.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        timeout_graceful_shutdown=config.server.shutdown_timeout_s,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    if workers > 1:
+        uvicorn.run("kairos.app:app", workers=workers, **options)  # type: ignore[arg-type]
+    else:
+        from kairos.app import create_app
+
+        uvicorn.run(create_app(path), **options)  # type: ignore[arg-type]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kairos", description="kairos API gateway")
+    parser.add_argument("--version", action="version", version=f"kairos {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config file (default: $KAIROS_CONFIG_PATH or ./config.json)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 5900)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check a config file and list every problem")
+    validate.add_argument("path")
+    validate.set_defaults(func=cmd_validate)
+
+    routes = sub.add_parser("routes", help="print a config's route table")
+    routes.add_argument("path")
+    routes.set_defaults(func=cmd_routes)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Forward one request to one backend and stream the answer back.
+
+Bodies stream both ways with bounded memory: the request body is handed to the
+upstream client as an async iterator over ASGI `http.request` messages, the
+response is relayed chunk by chunk as it arrives (SSE and chunked responses
+reach the client as they are produced, not at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from kairos.errors import GatewayError
+from kairos.types import Receive, Scope, Send
+from kairos.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.cluster import Backend
+
+# RFC 9110 7.6.1 hop-by-hop headers, never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_STR_HOP_BY_HOP = frozenset(h.decode() for h in HOP_BY_HOP)
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being forwarded."""
+
+
+def _connection_listed(value: bytes | str) -> set[str]:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def upstream_headers(
+    scope: Scope,
+    backend: Backend,
+    preserve_host: bool,
+    strip: frozenset[bytes],
+) -> list[tuple[str, str]]:
+    """The request headers as the upstream should see them.
+
+    Hop-by-hop headers go, `Host` is the backend's (or the client's with
+    preserve_host), X-Forwarded-For is appended to, X-Forwarded-Proto and
+    X-Forwarded-Host are set, X-Request-ID carries the gateway's id. `strip`
+    names headers removed for policy reasons (e.g. claim headers a client must
+    not forge).
+    """
+    out: list[tuple[str, str]] = []
+    client_host = ""
+    forwarded_for = ""
+    listed: set[str] | None = None
+    for name, value in scope["headers"]:
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                listed = _connection_listed(value)
+            continue
+        if name == b"host":
+            client_host = value.decode("latin-1")
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1") if not forwarded_for else forwarded_for + ", " + value.decode("latin-1")
+            continue
+        if name in _SET_BY_GATEWAY or name in strip:
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    if listed:
+        out = [(n, v) for n, v in out if n not in listed]
+    peer = scope.get("client")
+    peer_ip = peer[0] if peer else ""
+    if peer_ip:
+        forwarded_for = f"{forwarded_for}, {peer_ip}" if forwarded_for else peer_ip
+    if forwarded_for:
+        out.append(("x-forwarded-for", forwarded_for))
+    out.append(("x-forwarded-proto", scope.get("kairos.forwarded_proto") or scope.get("scheme", "http")))
+    if client_host:
+        out.append(("x-forwarded-host", client_host))
+    out.append(("host", client_host if preserve_host and client_host else backend.netloc))
+    rid = scope.get("kairos.request_id")
+    if rid:
+        out.append(("x-request-id", rid))
+    return out
+
+
+_SET_BY_GATEWAY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
+
+
+def has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The client's body, chunk by chunk as it arrives."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones; repeated headers stay separate."""
+    out = []
+    listed: set[str] | None = None
+    for name, value in raw:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                listed = _connection_listed(value)
+            continue
+        out.append((lname, value))
+    if listed:
+        out = [(n, v) for n, v in out if n.decode("latin-1") not in listed]
+    return out
+
+
+async def open_exchange(
+    client: UpstreamClient,
+    scope: Scope,
+    backend: Backend,
+    path_and_query: str,
+    headers: list[tuple[str, str]],
+    body: AsyncIterator[bytes] | bytes | None,
+    timeout_s: float,
+    client_timeout: aiohttp.ClientTimeout,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for the response headers, within `timeout_s` overall."""
+    backend.in_flight += 1
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await client.request(scope["method"], backend.url(path_and_query), headers, body, client_timeout)
+    except TimeoutError:
+        raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
+    finally:
+        backend.in_flight -= 1
+
+
+async def relay_response(scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
+    """Stream the upstream's response to the client; returns the body bytes sent."""
+    sent = 0
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response_headers(response.raw_headers),
+            }
+        )
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return 0
+        content = response.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            sent += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return sent
+    finally:
+        response.release()
+
+
+def upstream_failure(exc: UpstreamError, backend: Backend) -> GatewayError:
+    """The JSON error a client sees for a transport failure."""
+    if isinstance(exc, UpstreamTimeout):
+        return GatewayError("timeout", f"upstream {backend.address} timed out")
+    if exc.kind == "connect_timeout":
+        return GatewayError("timeout", f"connecting to upstream {backend.address} timed out")
+    return GatewayError("upstream", f"upstream {backend.address} failed: {exc}")

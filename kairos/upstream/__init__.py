@@ -1,0 +1,1 @@
+"""The upstream side, in Envoy's words: clusters of backends, balancers, health, breakers, retries."""
