@@ -92,11 +92,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if workers > 1:
         uvicorn.run("kairos.app:app", workers=workers, **options)  # type: ignore[arg-type]
-    else:
-        from kairos.app import create_app
+        return 0
+    from kairos.app import create_app
 
-        uvicorn.run(create_app(path), **options)  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(create_app(path), **options))  # type: ignore[arg-type]
+    # uvicorn re-raises the caught SIGTERM after a clean shutdown (the process then dies
+    # "by signal", exit 143); a gateway that drained cleanly exits 0.
+    server.capture_signals = _capture_signals(server)  # type: ignore[method-assign]
+    server.run()
     return 0
+
+
+def _capture_signals(server: "uvicorn.Server"):  # type: ignore[name-defined]
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def capture():
+        previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    return capture
 
 
 def build_parser() -> argparse.ArgumentParser:
