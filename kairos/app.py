@@ -90,6 +90,7 @@ class GatewayEndpoint:
                     [(b"allow", ", ".join(match.allow).encode())],
                 )
             route = match.target
+            scope["kairos.client_ip"] = runtime.identity.resolve(scope)
             scope["kairos.route"] = route
             scope["kairos.params"] = match.params
             await route.pipeline(scope, receive, send)

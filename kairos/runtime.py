@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig, RouterConfig
 from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
 from kairos.types import ASGIApp
@@ -73,6 +74,7 @@ class Runtime:
         self.routes = tuple(routes)
         self.backends = dict(backends)
         self.router = Router((r.config.external_path, r.config.methods, r) for r in routes)
+        self.identity = ClientIdentity(config.server.trusted_proxies)
 
 
 def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime | None = None) -> Runtime:
