@@ -73,7 +73,7 @@ class Runtime:
         self.config = config
         self.routes = tuple(routes)
         self.backends = dict(backends)
-        self.router = Router((r.config.external_path, r.config.methods, r) for r in routes)
+        self.router = Router((r.pattern, r.config.methods, r) for r in routes)
         self.identity = ClientIdentity(config.server.trusted_proxies)
 
 
