@@ -32,8 +32,11 @@ run: install
 test:
 	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120
 
-bench:
+# Installs nginx and wrk with apt-get when missing; results in bench/results/latest.json and docs/performance.png.
+bench: install
+	$(PYTHON) -m pip install -q -e '.[bench]'
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/plot.py
 
 compose-check:
 	docker-compose -f docker-compose.yml config -q
