@@ -48,7 +48,7 @@ class Forwarder:
         scope["kairos.backend"] = backend.address
         try:
             response = await open_exchange(
-                self.gateway.upstream, scope, backend, path, headers, body, route.timeout_s, route.client_timeout
+                self.gateway.upstream, scope, backend, path, headers, body, route.timeout_s, route.connect_timeout_s
             )
         except UpstreamError as exc:
             raise upstream_failure(exc, backend) from None

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
-
 from kairos.errors import GatewayError
 from kairos.types import Receive, Scope, Send
-from kairos.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
 from kairos.upstream.cluster import Backend
 
 # RFC 9110 7.6.1 hop-by-hop headers, never forwarded in either direction.
@@ -32,7 +30,6 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-_STR_HOP_BY_HOP = frozenset(h.decode() for h in HOP_BY_HOP)
 
 
 class ClientDisconnected(Exception):
@@ -50,8 +47,8 @@ def upstream_headers(
     backend: Backend,
     preserve_host: bool,
     strip: frozenset[bytes],
-) -> list[tuple[str, str]]:
-    """The request headers as the upstream should see them.
+) -> list[tuple[bytes, bytes]]:
+    """The request headers as the upstream should see them (bytes, written as they are).
 
     Hop-by-hop headers go, `Host` is the backend's (or the client's with
     preserve_host), X-Forwarded-For is appended to, X-Forwarded-Proto and
@@ -59,9 +56,9 @@ def upstream_headers(
     names headers removed for policy reasons (e.g. claim headers a client must
     not forge).
     """
-    out: list[tuple[str, str]] = []
-    client_host = ""
-    forwarded_for = ""
+    out: list[tuple[bytes, bytes]] = []
+    client_host = b""
+    forwarded_for = b""
     listed: set[str] | None = None
     for name, value in scope["headers"]:
         if name in HOP_BY_HOP:
@@ -69,29 +66,30 @@ def upstream_headers(
                 listed = _connection_listed(value)
             continue
         if name == b"host":
-            client_host = value.decode("latin-1")
+            client_host = value
             continue
         if name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1") if not forwarded_for else forwarded_for + ", " + value.decode("latin-1")
+            forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
             continue
         if name in _SET_BY_GATEWAY or name in strip:
             continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
+        out.append((name, value))
     if listed:
-        out = [(n, v) for n, v in out if n not in listed]
+        out = [(n, v) for n, v in out if n.decode("latin-1") not in listed]
     peer = scope.get("client")
-    peer_ip = peer[0] if peer else ""
-    if peer_ip:
-        forwarded_for = f"{forwarded_for}, {peer_ip}" if forwarded_for else peer_ip
+    if peer:
+        peer_ip = peer[0].encode("latin-1")
+        forwarded_for = forwarded_for + b", " + peer_ip if forwarded_for else peer_ip
     if forwarded_for:
-        out.append(("x-forwarded-for", forwarded_for))
-    out.append(("x-forwarded-proto", scope.get("kairos.forwarded_proto") or scope.get("scheme", "http")))
+        out.append((b"x-forwarded-for", forwarded_for))
+    proto = scope.get("kairos.forwarded_proto") or scope.get("scheme", "http")
+    out.append((b"x-forwarded-proto", proto.encode("latin-1")))
     if client_host:
-        out.append(("x-forwarded-host", client_host))
-    out.append(("host", client_host if preserve_host and client_host else backend.netloc))
+        out.append((b"x-forwarded-host", client_host))
+    out.append((b"host", client_host if preserve_host and client_host else backend.host_header))
     rid = scope.get("kairos.request_id")
     if rid:
-        out.append(("x-request-id", rid))
+        out.append((b"x-request-id", rid.encode("latin-1")))
     return out
 
 
@@ -120,7 +118,7 @@ async def request_body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's headers minus hop-by-hop ones; repeated headers stay separate."""
     out = []
     listed: set[str] | None = None
@@ -141,23 +139,26 @@ async def open_exchange(
     scope: Scope,
     backend: Backend,
     path_and_query: str,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]],
     body: AsyncIterator[bytes] | bytes | None,
     timeout_s: float,
-    client_timeout: aiohttp.ClientTimeout,
-) -> aiohttp.ClientResponse:
+    connect_timeout_s: float | None,
+) -> Response:
     """Send the request and wait for the response headers, within `timeout_s` overall."""
     backend.in_flight += 1
     try:
         async with asyncio.timeout(timeout_s):
-            return await client.request(scope["method"], backend.url(path_and_query), headers, body, client_timeout)
+            return await client.request(
+                backend.scheme, backend.connect_host, backend.port, scope["method"], path_and_query,
+                headers, body, connect_timeout_s,
+            )
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
     finally:
         backend.in_flight -= 1
 
 
-async def relay_response(scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
+async def relay_response(scope: Scope, send: Send, response: Response) -> int:
     """Stream the upstream's response to the client; returns the body bytes sent."""
     sent = 0
     try:
@@ -171,11 +172,8 @@ async def relay_response(scope: Scope, send: Send, response: aiohttp.ClientRespo
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return 0
-        content = response.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
+        read = response.read
+        while chunk := await read():
             sent += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig, RouterConfig
 from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
@@ -36,7 +34,7 @@ class CompiledRoute:
         "template",
         "cluster",
         "timeout_s",
-        "client_timeout",
+        "connect_timeout_s",
         "preserve_host",
         "strip_headers",
         "pipeline",
@@ -52,9 +50,7 @@ class CompiledRoute:
         self.template = PathTemplate(config.internal_path, self.pattern.param_names)
         self.cluster = cluster
         self.timeout_s = root.policy(config, "timeout_ms") / 1000
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=root.policy(config, "connect_timeout_ms") / 1000
-        )
+        self.connect_timeout_s = root.policy(config, "connect_timeout_ms") / 1000
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
         self.strip_headers: frozenset[bytes] = frozenset()

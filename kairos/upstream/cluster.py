@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from yarl import URL
-
 from kairos.config.models import BackendConfig
 
 if TYPE_CHECKING:
@@ -17,7 +15,10 @@ class Backend:
     """One upstream server. Its live state (in-flight count, health) survives reloads:
     the runtime reuses the Backend object of an address present in both configs."""
 
-    __slots__ = ("address", "scheme", "host", "port", "origin", "netloc", "health_check_path", "in_flight", "healthy")
+    __slots__ = (
+        "address", "scheme", "host", "connect_host", "port", "origin", "netloc", "host_header",
+        "health_check_path", "in_flight", "healthy",
+    )
 
     def __init__(self, config: BackendConfig) -> None:
         self.address = config.address
@@ -25,17 +26,15 @@ class Backend:
         # WebSocket backends are reached over HTTP(S) for the handshake.
         self.scheme = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme.lower())
         self.host = host
+        self.connect_host = host.strip("[]")  # an IPv6 literal is written [::1] in URLs only
         self.port = config.port
         default_port = 443 if self.scheme == "https" else 80
         self.netloc = host if self.port == default_port else f"{host}:{self.port}"
         self.origin = f"{self.scheme}://{self.netloc}"
+        self.host_header = self.netloc.encode("idna" if not host.isascii() else "ascii")
         self.health_check_path = config.health_check_path
         self.in_flight = 0
         self.healthy = True
-
-    def url(self, path_and_query: str) -> URL:
-        # encoded=True: the client's percent-encoding reaches the upstream byte for byte.
-        return URL(self.origin + path_and_query, encoded=True)
 
     def __repr__(self) -> str:
         return f"Backend({self.address})"
