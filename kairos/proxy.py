@@ -146,15 +146,15 @@ async def open_exchange(
     timeout_s: float,
     client_timeout: aiohttp.ClientTimeout,
 ) -> aiohttp.ClientResponse:
-    """Send the request and wait for the response headers, within `timeout_s` overall."""
-    backend.in_flight += 1
+    """Send the request and wait for the response headers, within `timeout_s` overall.
+
+    The caller (the Forwarder) counts the backend's in-flight requests, across the
+    whole exchange including the streamed response."""
     try:
         async with asyncio.timeout(timeout_s):
             return await client.request(scope["method"], backend.url(path_and_query), headers, body, client_timeout)
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
-    finally:
-        backend.in_flight -= 1
 
 
 async def relay_response(scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
