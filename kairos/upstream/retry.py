@@ -90,16 +90,18 @@ class RetryPolicy:
 
 
 class StreamedBody:
-    """A request body too large to buffer for replay: the buffered head, then the rest
-    as it arrives. `started` tells whether any of it was handed to a connection (if not,
-    a request refused at connect time can still be sent elsewhere with this same body)."""
+    """A request body larger than `retry_buffer_bytes`: not replayable. The part read
+    so far, then the rest as it arrives. `started` tells whether any of it was handed
+    to a connection (if not, a request refused at connect time can still be sent
+    elsewhere with this same body)."""
 
-    __slots__ = ("head", "receive", "started")
+    __slots__ = ("head", "receive", "started", "complete")
 
-    def __init__(self, head: list[bytes], receive: Callable) -> None:
+    def __init__(self, head: list[bytes], receive: Callable, complete: bool) -> None:
         self.head = head
         self.receive = receive
         self.started = False
+        self.complete = complete  # the head is the whole body
 
     def __aiter__(self):
         return self._chunks()
@@ -108,11 +110,12 @@ class StreamedBody:
         from kairos.proxy import request_body
 
         self.started = True
-        for chunk in self.head:
+        head, self.head = self.head, []
+        for chunk in head:
             yield chunk
-        self.head = []
-        async for chunk in request_body(self.receive):
-            yield chunk
+        if not self.complete:
+            async for chunk in request_body(self.receive):
+                yield chunk
 
 
 async def buffer_body(receive: Callable, limit: int) -> bytes | StreamedBody:
@@ -130,7 +133,8 @@ async def buffer_body(receive: Callable, limit: int) -> bytes | StreamedBody:
         if chunk:
             chunks.append(chunk)
             size += len(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        more = message.get("more_body", False)
         if size > limit:
-            return StreamedBody(chunks, receive)
+            return StreamedBody(chunks, receive, complete=not more)
+        if not more:
+            return b"".join(chunks)
