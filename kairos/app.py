@@ -35,6 +35,7 @@ from kairos.routing import MethodNotAllowed, UnsafePath
 from kairos.runtime import Runtime, compile_runtime
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.client import UpstreamClient
+from kairos.upstream.cluster import forget_backends
 from kairos.upstream.health import HealthSupervisor
 
 
@@ -57,8 +58,10 @@ class Gateway:
 
     def swap(self, config: GatewayConfig) -> Runtime:
         """Compile `config` completely, then replace the running one in one assignment."""
-        runtime = compile_runtime(config, self, previous=self.runtime)
+        previous = self.runtime
+        runtime = compile_runtime(config, self, previous=previous)
         self.runtime = runtime
+        forget_backends(set(previous.backends) - set(runtime.backends))
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from yarl import URL
 
 from kairos.config.models import BackendConfig
-from kairos.observability.metrics import BACKEND_UP, UPSTREAM_ERRORS
+from kairos.observability.metrics import BACKEND_UP, BREAKER_STATE, UPSTREAM_ERRORS
 
 if TYPE_CHECKING:
     from kairos.upstream.balancer import Balancer
@@ -109,3 +109,15 @@ class Cluster:
         self.balancer = balancer
         self.breakers = tuple(breakers) if breakers is not None else balancer.breakers
         self.outlier = outlier
+
+
+def forget_backends(addresses: set[str]) -> None:
+    """Drop the per-backend gauges of backends a reload removed (no stale series).
+
+    Counters (errors, transitions) stay: they are totals, and Prometheus expects them to."""
+    for address in addresses:
+        for gauge in (BACKEND_UP, BREAKER_STATE):
+            try:
+                gauge.remove(address)
+            except KeyError:
+                pass
