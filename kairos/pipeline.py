@@ -15,6 +15,7 @@ import time
 from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
 from kairos.proxy import (
+    ClientDisconnected,
     open_exchange,
     relay_response,
     request_body,
@@ -136,7 +137,10 @@ class Forwarder:
             path = path + "?" + qs.decode("latin-1")
         body: bytes | StreamedBody | None = None
         if has_body(scope):
-            body = await buffer_body(receive, policy.buffer_bytes)
+            try:
+                body = await buffer_body(receive, policy.buffer_bytes)
+            except ClientDisconnected:
+                return  # the client went away before its body was in: nobody to answer
         idempotent = policy.may_retry_method(method)
         budget.requests += 1
         holding_retry = False
