@@ -35,6 +35,8 @@ from kairos.routing import MethodNotAllowed, UnsafePath
 from kairos.runtime import Runtime, compile_runtime
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.client import UpstreamClient
+from kairos.upstream.cluster import forget_backends
+from kairos.upstream.health import HealthSupervisor
 
 
 class Gateway:
@@ -45,6 +47,9 @@ class Gateway:
         self.upstream = UpstreamClient()
         self.started_at = time.monotonic()
         self.draining = False
+        # Active health checks: background probe loops, started with the app.
+        self.health = HealthSupervisor()
+        self.health_running = False
         self.runtime: Runtime = compile_runtime(config, self)
 
     @property
@@ -53,14 +58,23 @@ class Gateway:
 
     def swap(self, config: GatewayConfig) -> Runtime:
         """Compile `config` completely, then replace the running one in one assignment."""
-        runtime = compile_runtime(config, self, previous=self.runtime)
+        previous = self.runtime
+        runtime = compile_runtime(config, self, previous=previous)
         self.runtime = runtime
+        forget_backends(set(previous.backends) - set(runtime.backends))
+        if self.health_running:
+            # Unchanged probes keep running; changed ones restart; removed ones stop.
+            self.health.sync(runtime.health_checks, self.upstream.http)
         return runtime
 
     async def start(self) -> None:
         await self.upstream.start()
+        self.health.sync(self.runtime.health_checks, self.upstream.http)
+        self.health_running = True
 
     async def aclose(self) -> None:
+        self.health_running = False
+        await self.health.aclose()
         await self.upstream.aclose()
 
 

@@ -144,8 +144,10 @@ async def open_exchange(
     timeout_s: float,
     connect_timeout_s: float | None,
 ) -> Response:
-    """Send the request and wait for the response headers, within `timeout_s` overall."""
-    backend.in_flight += 1
+    """Send the request and wait for the response headers, within `timeout_s` overall.
+
+    The caller (the Forwarder) counts the backend's in-flight requests, across the
+    whole exchange including the streamed response."""
     try:
         async with asyncio.timeout(timeout_s):
             return await client.request(
@@ -154,8 +156,6 @@ async def open_exchange(
             )
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
-    finally:
-        backend.in_flight -= 1
 
 
 async def relay_response(scope: Scope, send: Send, response: Response) -> int:

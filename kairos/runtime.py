@@ -13,11 +13,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kairos.clientip import ClientIdentity
-from kairos.config.models import GatewayConfig, RouterConfig
+from kairos.config.models import CircuitBreakerConfig, GatewayConfig, HealthCheckConfig, RouterConfig
 from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
 from kairos.types import ASGIApp
+from kairos.observability.logging import log_event
 from kairos.upstream.balancer import make_balancer
+from kairos.upstream.breaker import NO_BREAKER, CircuitBreaker, NoBreaker
 from kairos.upstream.cluster import Backend, Cluster
+from kairos.upstream.health import HealthSpec
+from kairos.upstream.outlier import OutlierDetector
+from kairos.upstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from kairos.app import Gateway
@@ -39,6 +44,8 @@ class CompiledRoute:
         "strip_headers",
         "pipeline",
         "extras",
+        "retry",
+        "panic_mode",
     )
 
     def __init__(self, index: int, config: RouterConfig, root: GatewayConfig, cluster: Cluster) -> None:
@@ -54,6 +61,9 @@ class CompiledRoute:
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
         self.strip_headers: frozenset[bytes] = frozenset()
+        # None: exactly one upstream attempt (kairos-rs behaviour without a `retry` block).
+        self.retry = RetryPolicy(config.retry, self.name) if config.retry is not None else None
+        self.panic_mode = config.panic_mode
         self.pipeline: ASGIApp | None = None
         # Per-feature compiled state (breakers, limiters, ...), keyed by feature name.
         self.extras: dict[str, Any] = {}
@@ -65,10 +75,18 @@ class CompiledRoute:
 class Runtime:
     """Everything compiled from one GatewayConfig."""
 
-    def __init__(self, config: GatewayConfig, routes: list[CompiledRoute], backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        routes: list[CompiledRoute],
+        backends: Mapping[str, Backend],
+        health_checks: Mapping[str, HealthSpec] | None = None,
+    ) -> None:
         self.config = config
         self.routes = tuple(routes)
         self.backends = dict(backends)
+        # Active health checks to run, by backend address (started by the Gateway).
+        self.health_checks = dict(health_checks or {})
         self.router = Router((r.pattern, r.config.methods, r) for r in routes)
         self.identity = ClientIdentity(config.server.trusted_proxies)
 
@@ -79,6 +97,8 @@ def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime |
 
     old = previous.backends if previous is not None else {}
     backends: dict[str, Backend] = {}
+    configured: dict[str, CircuitBreakerConfig] = {}
+    health_checks: dict[str, HealthSpec] = {}
     routes: list[CompiledRoute] = []
     for index, rc in enumerate(config.routers):
         members: list[Backend] = []
@@ -93,8 +113,50 @@ def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime |
                 backend.health_check_path = bc.health_check_path
             members.append(backend)
             weights.append(bc.weight)
-        cluster = Cluster(members, weights, make_balancer(rc.load_balancing_strategy, members, weights))
+        breakers = [_breaker_for(b, rc, config, configured) for b in members]
+        outlier = OutlierDetector(rc.outlier_detection, members) if rc.outlier_detection is not None else None
+        balancer = make_balancer(
+            rc.load_balancing_strategy, members, weights, breakers=breakers, panic=rc.panic_mode, hash_on=rc.hash_on
+        )
+        cluster = Cluster(members, weights, balancer, breakers, outlier)
         routes.append(CompiledRoute(index, rc, config, cluster))
+        _collect_health_checks(rc, members, health_checks)
     for route in routes:
         route.pipeline = build_pipeline(route, config, gateway)
-    return Runtime(config, routes, backends)
+    return Runtime(config, routes, backends, health_checks)
+
+
+def _breaker_for(
+    backend: Backend, rc: RouterConfig, config: GatewayConfig, configured: dict[str, CircuitBreakerConfig]
+) -> CircuitBreaker | NoBreaker:
+    """The backend's one breaker (kept across reloads), configured by the first route that names it.
+
+    A route with `circuit_breaker.enabled: false` neither consults nor feeds it."""
+    cfg = config.policy(rc, "circuit_breaker")
+    if not cfg.enabled:
+        return NO_BREAKER
+    first = configured.get(backend.address)
+    if first is None:
+        configured[backend.address] = cfg
+        if isinstance(backend.breaker, CircuitBreaker):
+            backend.breaker.configure(cfg)  # a reload: same state, possibly new settings
+        else:
+            backend.breaker = CircuitBreaker(backend.address, cfg)
+    elif first != cfg:
+        log_event(
+            "circuit_breaker_config_conflict", 30, backend=backend.address, route=rc.external_path,
+            detail="a backend has one breaker; the settings of the first route naming it apply",
+        )
+    assert isinstance(backend.breaker, CircuitBreaker)
+    return backend.breaker
+
+
+def _collect_health_checks(rc: RouterConfig, members: list[Backend], out: dict[str, HealthSpec]) -> None:
+    hc = rc.health_check
+    for backend in members:
+        if backend.address in out:
+            continue  # first route naming a backend sets its probe
+        path = backend.health_check_path or (hc.path if hc is not None else None)
+        if path is None:
+            continue
+        out[backend.address] = HealthSpec(backend, path, hc if hc is not None else HealthCheckConfig())

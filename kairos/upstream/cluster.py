@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kairos.config.models import BackendConfig
+from kairos.observability.metrics import BACKEND_UP, BREAKER_STATE, UPSTREAM_ERRORS
 
 if TYPE_CHECKING:
     from kairos.upstream.balancer import Balancer
+    from kairos.upstream.breaker import CircuitBreaker, NoBreaker
+    from kairos.upstream.outlier import OutlierDetector
+
+ERROR_KINDS = ("connect", "connect_timeout", "timeout", "reset", "status")
 
 
 class Backend:
-    """One upstream server. Its live state (in-flight count, health) survives reloads:
-    the runtime reuses the Backend object of an address present in both configs."""
+    """One upstream server. Its live state (in-flight count, health, ejection,
+    breaker) survives reloads: the runtime reuses the Backend object of an
+    address present in both configs.
+
+    `available` is the one flag the balancers read on the hot path: healthy per
+    active checks and not ejected by outlier detection. It is recomputed only
+    when one of those changes (`update_available`)."""
 
     __slots__ = (
-        "address", "scheme", "host", "connect_host", "port", "origin", "netloc", "host_header",
-        "health_check_path", "in_flight", "healthy",
+        "address",
+        "scheme",
+        "host",
+        "connect_host",
+        "port",
+        "origin",
+        "netloc",
+        "host_header",
+        "health_check_path",
+        "in_flight",
+        "healthy",
+        "available",
+        "ejected_until",
+        "ejections",
+        "returned_at",
+        "od_failures",
+        "breaker",
+        "errors",
+        "_up",
     )
 
     def __init__(self, config: BackendConfig) -> None:
@@ -34,21 +61,61 @@ class Backend:
         self.host_header = self.netloc.encode("idna" if not host.isascii() else "ascii")
         self.health_check_path = config.health_check_path
         self.in_flight = 0
+        # Active health checking's verdict (True until probes say otherwise).
         self.healthy = True
+        self.available = True
+        # Outlier detection: 0.0 = not ejected, else the clock time it comes back.
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.returned_at = 0.0
+        self.od_failures = 0
+        self.breaker: CircuitBreaker | NoBreaker | None = None
+        # Cached metric children (labels() once, not per request).
+        self.errors: dict[str, Any] = {kind: UPSTREAM_ERRORS.labels(self.address, kind) for kind in ERROR_KINDS}
+        self._up = BACKEND_UP.labels(self.address)
+        self._up.set(1)
+
+    def update_available(self) -> None:
+        available = self.healthy and not self.ejected_until
+        if available != self.available:
+            self.available = available
+            self._up.set(1 if available else 0)
 
     def __repr__(self) -> str:
         return f"Backend({self.address})"
 
 
 class Cluster:
-    """A route's backends, their weights on this route, and the balancer that picks among them.
+    """A route's backends, their weights on this route, the breakers consulted for
+    them on this route, the outlier detector (if any), and the balancer.
 
     The same address may stand in several routes (with different weights): the
     Backend object is shared, its weight belongs to the cluster."""
 
-    __slots__ = ("backends", "weights", "balancer")
+    __slots__ = ("backends", "weights", "balancer", "breakers", "outlier")
 
-    def __init__(self, backends: Sequence[Backend], weights: Sequence[int], balancer: Balancer) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        weights: Sequence[int],
+        balancer: Balancer,
+        breakers: Sequence[CircuitBreaker | NoBreaker] | None = None,
+        outlier: OutlierDetector | None = None,
+    ) -> None:
         self.backends = tuple(backends)
         self.weights = tuple(weights)
         self.balancer = balancer
+        self.breakers = tuple(breakers) if breakers is not None else balancer.breakers
+        self.outlier = outlier
+
+
+def forget_backends(addresses: set[str]) -> None:
+    """Drop the per-backend gauges of backends a reload removed (no stale series).
+
+    Counters (errors, transitions) stay: they are totals, and Prometheus expects them to."""
+    for address in addresses:
+        for gauge in (BACKEND_UP, BREAKER_STATE):
+            try:
+                gauge.remove(address)
+            except KeyError:
+                pass
