@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from kairos import __version__
 from kairos.config import ConfigError, GatewayConfig, load_config, parse_config
+from kairos.edge import EdgeState
 from kairos.errors import GatewayError, error_body, rfc3339_now, send_error
 from kairos.middleware.request_id import RequestID
 from kairos.observability.logging import log_event
@@ -45,7 +46,9 @@ class Gateway:
         self.upstream = UpstreamClient()
         self.started_at = time.monotonic()
         self.draining = False
+        self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
         self.runtime: Runtime = compile_runtime(config, self)
+        self.edge.prune()
 
     @property
     def config(self) -> GatewayConfig:
@@ -53,15 +56,40 @@ class Gateway:
 
     def swap(self, config: GatewayConfig) -> Runtime:
         """Compile `config` completely, then replace the running one in one assignment."""
-        runtime = compile_runtime(config, self, previous=self.runtime)
+        try:
+            runtime = compile_runtime(config, self, previous=self.runtime)
+        except BaseException:
+            self.edge.prune(keep_all=True)
+            raise
         self.runtime = runtime
+        for backend in self.edge.prune():
+            _close_later(backend.aclose())
         return runtime
 
     async def start(self) -> None:
         await self.upstream.start()
+        await self.edge.start()
 
     async def aclose(self) -> None:
+        await self.edge.aclose()
         await self.upstream.aclose()
+
+
+def _close_later(coro: Any) -> None:
+    """Close a resource the new config no longer uses, without holding up the swap."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        coro.close()
+        return
+    task = loop.create_task(coro)
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[Any] = set()
 
 
 class GatewayEndpoint:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
+from kairos.middleware.auth import auth_layer
+from kairos.middleware.ip_rules import ip_rules_layer
+from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy import (
     open_exchange,
     relay_response,
@@ -57,4 +60,8 @@ class Forwarder:
 
 def build_pipeline(route: CompiledRoute, config: GatewayConfig, gateway: Gateway) -> ASGIApp:
     app: ASGIApp = Forwarder(route, gateway)
+    app = ratelimit_layer(route, config, gateway, app)
+    app = auth_layer(route, config, gateway, app)
+    # (body_limit, cors: issue 3)
+    app = ip_rules_layer(route, config, gateway, app)
     return app

@@ -16,6 +16,7 @@ import aiohttp
 
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig, RouterConfig
+from kairos.middleware.auth import claim_header_names
 from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
 from kairos.types import ASGIApp
 from kairos.upstream.balancer import make_balancer
@@ -57,7 +58,9 @@ class CompiledRoute:
         )
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
-        self.strip_headers: frozenset[bytes] = frozenset()
+        # forward_claims header names are set only by the gateway: a client's copy is dropped
+        # on every route (on a protected route, auth removes them before setting its own).
+        self.strip_headers: frozenset[bytes] = frozenset() if config.auth_required else claim_header_names(root)
         self.pipeline: ASGIApp | None = None
         # Per-feature compiled state (breakers, limiters, ...), keyed by feature name.
         self.extras: dict[str, Any] = {}
