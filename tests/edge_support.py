@@ -125,3 +125,8 @@ class JwksServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def client_for(app, ip: str) -> httpx.AsyncClient:
+    """Another client of the same in-process app, from another peer address."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app, client=(ip, 40001)), base_url="http://gw")

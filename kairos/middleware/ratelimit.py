@@ -64,7 +64,7 @@ class _RedisHealth:
     def failed(self, error: str) -> None:
         now = time.monotonic()
         self.down_until = now + REDIS_RETRY_AFTER_S
-        if not self.failing or now - self.last_log >= LOG_INTERVAL_S:
+        if now - self.last_log >= LOG_INTERVAL_S:  # once per interval, however many requests fail
             self.last_log = now
             log_event("ratelimit_backend_error", logging.WARNING, redis=self.safe_url, error=error[:300])
         self.failing = True

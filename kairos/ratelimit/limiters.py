@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from limits.errors import StorageError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage as AsyncRedisStorage
@@ -20,7 +22,10 @@ from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 # Redis calls are bounded: a slow Redis must not hold requests hostage.
-REDIS_TIMEOUT_S = 0.25
+REDIS_TIMEOUT_S = 0.5
+# Whole decision (waiting for a pooled connection included) is bounded by this.
+REDIS_DEADLINE_S = 1.0
+REDIS_MAX_CONNECTIONS = 64
 
 _TOKEN_BUCKET_LUA = (Path(__file__).with_name("token_bucket.lua")).read_text()
 
@@ -151,14 +156,19 @@ class RedisBackend:
         self.url = url
         self.safe_url = redact_url(url)
         self.timeout_s = timeout_s
-        self.client = aioredis.Redis.from_url(
+        # A bounded pool that queues (instead of failing) when every connection is busy:
+        # a burst of requests must not open hundreds of connections at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_DEADLINE_S,  # wait for a free connection (a local queue, not Redis being slow)
             socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
+            # asyncio measures this: on a loop busy with a burst a 0.25 s connect times out falsely.
+            socket_connect_timeout=REDIS_DEADLINE_S,
             health_check_interval=0,
-            max_connections=512,
+            retry=Retry(NoBackoff(), 0),  # no silent retries: the caller's deadline and on_redis_error decide
         )
+        self.client = aioredis.Redis(connection_pool=pool)
         self.storages: dict[str, AsyncRedisStorage] = {}
         self.token_bucket = self.client.register_script(_TOKEN_BUCKET_LUA)
 
@@ -195,7 +205,7 @@ class RedisWindow:
         self.strategy = cls(storage)
         self.item = _item(limit, window)
         self.limit = limit
-        self.timeout_s = backend.timeout_s * 2
+        self.timeout_s = REDIS_DEADLINE_S
 
     async def hit(self, key: str) -> Decision:
         strategy, item = self.strategy, self.item
@@ -216,7 +226,7 @@ class RedisTokenBucket:
         self.prefix = f"{key_prefix}:tb:"
         self.args = (capacity, min(initial, capacity), repr(rate))
         self.limit = capacity
-        self.timeout_s = backend.timeout_s * 2
+        self.timeout_s = REDIS_DEADLINE_S
 
     async def hit(self, key: str) -> Decision:
         try:
