@@ -131,3 +131,12 @@ async def test_health_is_never_limited(upstream):
     async with inproc(config) as c:
         assert await statuses(c, "/health", 5) == [200] * 5
         assert await statuses(c, "/api", 2) == [200, 429]
+
+
+@pytest.mark.parametrize("name", ["jwt-hs256", "jwt-jwks", "ratelimit-memory", "ratelimit-redis"])
+def test_example_configs_are_valid(name):
+    from pathlib import Path
+
+    from kairos.config import load_config
+
+    load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.json", use_env=False)
