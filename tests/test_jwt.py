@@ -154,6 +154,7 @@ def _rejections(rsa_pub_pem: str):
     yield "wrong_secret", pyjwt.encode(claims(aud="kairos", iss="iss"), "z" * 40, algorithm="HS256"), "bad_signature", "signature"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_every_rejection(upstream, rsa):
     pub = public_pem(rsa)
     block = {"secret": SECRET, "algorithms": ["HS256", "RS256"], "public_key": pub, "issuer": "iss",

@@ -140,3 +140,20 @@ def test_example_configs_are_valid(name):
     from kairos.config import load_config
 
     load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.json", use_env=False)
+
+
+async def test_counters_and_verifiers_survive_a_reload(upstream):
+    from kairos.config import parse_config
+
+    config = {"jwt": {"secret": SECRET}, "rate_limit": rl(requests_per_window=2, burst_allowance=0),
+              "routers": [route(upstream), route(upstream, "/p", auth_required=True)]}
+    async with inproc(config) as c:
+        gw = c.app.state.gateway
+        verifier = next(iter(gw.edge.verifiers.values()), None)
+        assert verifier is not None
+        assert await statuses(c, n=2) == [200, 200]
+        gw.swap(parse_config({**config, "routers": config["routers"] + [route(upstream, "/other")]}))
+        assert await statuses(c, n=1) == [429]  # same block, same counters
+        assert next(iter(gw.edge.verifiers.values()), None) is verifier
+        gw.swap(parse_config({**config, "jwt": None, "routers": [route(upstream)]}))
+        assert gw.edge.verifiers == {}
