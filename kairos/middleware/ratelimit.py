@@ -75,9 +75,6 @@ class _RedisHealth:
             log_event("ratelimit_backend_recovered", redis=self.safe_url)
 
 
-_HEALTH: dict[str, _RedisHealth] = {}
-
-
 def _part(value: str) -> str:
     if len(value) > MAX_KEY_PART:
         return "h-" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
@@ -188,7 +185,9 @@ def ratelimit_layer(route: CompiledRoute, config: GatewayConfig, gateway: Gatewa
     health = None
     if rl.enable_redis:
         backend = edge.redis_backend(redis_url_for(rl.redis_url))
-        health = _HEALTH.setdefault(backend.url, _RedisHealth(backend.safe_url))
+        health = backend.health
+        if health is None:  # one per pool: shared by every route using this Redis, kept across reloads
+            health = backend.health = _RedisHealth(backend.safe_url)
         if rl.window_type == "TokenBucket":
             limiter: Any = RedisTokenBucket(
                 backend, rl.redis_key_prefix, capacity, rl.requests_per_window,

@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -171,6 +171,7 @@ class RedisBackend:
         self.client = aioredis.Redis(connection_pool=pool)
         self.storages: dict[str, AsyncRedisStorage] = {}
         self.token_bucket = self.client.register_script(_TOKEN_BUCKET_LUA)
+        self.health: Any = None  # failure pause and log throttling, owned by the rate-limit layer
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.safe_url})"
