@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from kairos import __version__
 from kairos.config import ConfigError, GatewayConfig, load_config, parse_config
+from kairos.edge import EdgeState
 from kairos.errors import GatewayError, error_body, rfc3339_now, send_error
 from kairos.middleware.request_id import RequestID
 from kairos.observability.logging import log_event
@@ -50,7 +51,9 @@ class Gateway:
         # Active health checks: background probe loops, started with the app.
         self.health = HealthSupervisor()
         self.health_running = False
+        self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
         self.runtime: Runtime = compile_runtime(config, self)
+        self.edge.prune()
 
     @property
     def config(self) -> GatewayConfig:
@@ -59,23 +62,48 @@ class Gateway:
     def swap(self, config: GatewayConfig) -> Runtime:
         """Compile `config` completely, then replace the running one in one assignment."""
         previous = self.runtime
-        runtime = compile_runtime(config, self, previous=previous)
+        try:
+            runtime = compile_runtime(config, self, previous=previous)
+        except BaseException:
+            self.edge.prune(keep_all=True)
+            raise
         self.runtime = runtime
         forget_backends(set(previous.backends) - set(runtime.backends))
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)
+        for backend in self.edge.prune():
+            _close_later(backend.aclose())
         return runtime
 
     async def start(self) -> None:
         await self.upstream.start()
+        await self.edge.start()
         self.health.sync(self.runtime.health_checks, self.upstream.http)
         self.health_running = True
 
     async def aclose(self) -> None:
         self.health_running = False
         await self.health.aclose()
+        await self.edge.aclose()
         await self.upstream.aclose()
+
+
+def _close_later(coro: Any) -> None:
+    """Close a resource the new config no longer uses, without holding up the swap."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        coro.close()
+        return
+    task = loop.create_task(coro)
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[Any] = set()
 
 
 class GatewayEndpoint:

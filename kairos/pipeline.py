@@ -14,6 +14,9 @@ import time
 
 from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
+from kairos.middleware.auth import auth_layer
+from kairos.middleware.ip_rules import ip_rules_layer
+from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy import (
     ClientDisconnected,
     open_exchange,
@@ -222,4 +225,8 @@ class Forwarder:
 
 def build_pipeline(route: CompiledRoute, config: GatewayConfig, gateway: Gateway) -> ASGIApp:
     app: ASGIApp = Forwarder(route, gateway)
+    app = ratelimit_layer(route, config, gateway, app)
+    app = auth_layer(route, config, gateway, app)
+    # (body_limit, cors: issue 3)
+    app = ip_rules_layer(route, config, gateway, app)
     return app

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kairos.clientip import ClientIdentity
 from kairos.config.models import CircuitBreakerConfig, GatewayConfig, HealthCheckConfig, RouterConfig
+from kairos.middleware.auth import claim_header_names
 from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
 from kairos.types import ASGIApp
 from kairos.observability.logging import log_event
@@ -60,7 +61,9 @@ class CompiledRoute:
         self.connect_timeout_s = root.policy(config, "connect_timeout_ms") / 1000
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
-        self.strip_headers: frozenset[bytes] = frozenset()
+        # forward_claims header names are set only by the gateway: a client's copy is dropped
+        # on every route (on a protected route, auth removes them before setting its own).
+        self.strip_headers: frozenset[bytes] = frozenset() if config.auth_required else claim_header_names(root)
         # None: exactly one upstream attempt (kairos-rs behaviour without a `retry` block).
         self.retry = RetryPolicy(config.retry, self.name) if config.retry is not None else None
         self.panic_mode = config.panic_mode

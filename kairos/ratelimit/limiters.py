@@ -1,0 +1,238 @@
+"""The limiter implementations (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from limits.errors import StorageError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindow
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+# Redis calls are bounded: a slow Redis must not hold requests hostage.
+REDIS_TIMEOUT_S = 0.5
+# Whole decision (waiting for a pooled connection included) is bounded by this.
+REDIS_DEADLINE_S = 1.0
+REDIS_MAX_CONNECTIONS = 64
+
+_TOKEN_BUCKET_LUA = (Path(__file__).with_name("token_bucket.lua")).read_text()
+
+
+class Decision(NamedTuple):
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # whole seconds
+
+
+class BackendUnavailable(Exception):
+    """Redis did not answer (down, refused, timed out)."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable redis url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _item(limit: int, window: int) -> RateLimitItemPerSecond:
+    return RateLimitItemPerSecond(limit, window)
+
+
+# ---------------------------------------------------------------------------- memory
+class MemoryWindow:
+    """FixedWindow / SlidingWindow (the `limits` sliding-window counter) in this process.
+
+    Calls the `limits` MemoryStorage primitives directly (the strategy wrappers
+    and their key formatting cost more than the counting itself).
+    """
+
+    def __init__(self, storage: MemoryStorage, window_type: str, limit: int, window: int) -> None:
+        self.storage = storage
+        self.sliding = window_type != "FixedWindow"
+        self.limit = limit
+        self.window = window
+        self.suffix = f"/{limit}/{window}/{'sw' if self.sliding else 'fw'}"
+
+    def hit(self, key: str) -> Decision:
+        storage, limit, window = self.storage, self.limit, self.window
+        key = key + self.suffix
+        if not self.sliding:
+            count = storage.incr(key, window)
+            reset = storage.get_expiry(key) - time.time()
+            return Decision(count <= limit, limit, max(0, limit - count), _whole_seconds(reset))
+        allowed = storage.acquire_sliding_window_entry(key, limit, window)
+        prev_count, prev_ttl, cur_count, cur_ttl = storage.get_sliding_window(key, window)
+        # As limits' SlidingWindowCounterRateLimiter.get_window_stats computes it.
+        remaining = max(0, limit - math.floor(prev_count * prev_ttl / window + cur_count))
+        reset_in = math.inf
+        if prev_count:
+            reset_in = prev_ttl % (window / prev_count)
+        if cur_count:
+            reset_in = min(reset_in, cur_ttl % window)
+        return Decision(allowed, limit, remaining, 0 if reset_in == math.inf else _whole_seconds(reset_in))
+
+
+class MemoryTokenBucket:
+    """capacity tokens at most, `initial` at first, refilled at `rate` per second."""
+
+    def __init__(self, capacity: int, initial: int, rate: float, max_keys: int = 100_000) -> None:
+        self.capacity = capacity
+        self.initial = min(initial, capacity)
+        self.rate = rate
+        self.limit = capacity
+        self.buckets: dict[str, list[float]] = {}
+        self.max_keys = max_keys
+        self._next_sweep = time.monotonic() + self._full_after(0.0)
+
+    def _full_after(self, tokens: float) -> float:
+        return (self.capacity - tokens) / self.rate
+
+    def hit(self, key: str) -> Decision:
+        now = time.monotonic()
+        state = self.buckets.get(key)
+        if state is None:
+            if len(self.buckets) >= self.max_keys or now >= self._next_sweep:
+                self._sweep(now)
+            state = self.buckets[key] = [float(self.initial), now]
+        tokens, ts = state
+        capacity, rate = self.capacity, self.rate
+        if now > ts:
+            tokens = min(capacity, tokens + (now - ts) * rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        state[0] = tokens
+        state[1] = now
+        if tokens < capacity:
+            wait = (1.0 - (tokens - math.floor(tokens))) / rate
+            reset = _whole_seconds(wait)
+        else:
+            reset = 0
+        return Decision(allowed, capacity, int(tokens), reset)
+
+    def _sweep(self, now: float) -> None:
+        """Drop buckets that are full again (they hold no information)."""
+        capacity, rate = self.capacity, self.rate
+        self.buckets = {
+            k: s for k, s in self.buckets.items() if s[0] + (now - s[1]) * rate < capacity
+        }
+        self._next_sweep = now + self._full_after(0.0)
+        while len(self.buckets) >= self.max_keys:  # still full of live buckets: evict the oldest
+            self.buckets.pop(next(iter(self.buckets)))
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(0, math.ceil(seconds - 1e-6))
+
+
+# ---------------------------------------------------------------------------- redis
+class RedisBackend:
+    """One redis-py asyncio pool per Redis URL, shared by every limiter (and by `limits`)."""
+
+    def __init__(self, url: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.timeout_s = timeout_s
+        # A bounded pool that queues (instead of failing) when every connection is busy:
+        # a burst of requests must not open hundreds of connections at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_DEADLINE_S,  # wait for a free connection (a local queue, not Redis being slow)
+            socket_timeout=timeout_s,
+            # asyncio measures this: on a loop busy with a burst a 0.25 s connect times out falsely.
+            socket_connect_timeout=REDIS_DEADLINE_S,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),  # no silent retries: the caller's deadline and on_redis_error decide
+        )
+        self.client = aioredis.Redis(connection_pool=pool)
+        self.storages: dict[str, AsyncRedisStorage] = {}
+        self.token_bucket = self.client.register_script(_TOKEN_BUCKET_LUA)
+        self.health: Any = None  # failure pause and log throttling, owned by the rate-limit layer
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.safe_url})"
+
+    def storage(self, key_prefix: str) -> AsyncRedisStorage:
+        storage = self.storages.get(key_prefix)
+        if storage is None:
+            storage = AsyncRedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=key_prefix,
+                wrap_exceptions=True,
+                connection_pool=self.client.connection_pool,
+            )
+            self.storages[key_prefix] = storage
+        return storage
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# redis-py errors, limits.StorageError (wraps them), sockets, our own deadline: all mean "no answer".
+_REDIS_FAILURES = (RedisError, StorageError, OSError, TimeoutError)
+
+
+class RedisWindow:
+    """FixedWindow / SlidingWindow through `limits` over the shared Redis pool."""
+
+    def __init__(self, backend: RedisBackend, key_prefix: str, window_type: str, limit: int, window: int) -> None:
+        storage = backend.storage(key_prefix)
+        cls = AsyncFixedWindow if window_type == "FixedWindow" else AsyncSlidingWindow
+        self.strategy = cls(storage)
+        self.item = _item(limit, window)
+        self.limit = limit
+        self.timeout_s = REDIS_DEADLINE_S
+
+    async def hit(self, key: str) -> Decision:
+        strategy, item = self.strategy, self.item
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                allowed = await strategy.hit(item, key)
+                reset_at, remaining = await strategy.get_window_stats(item, key)
+        except _REDIS_FAILURES as exc:
+            raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        return Decision(allowed, self.limit, remaining, _whole_seconds(reset_at - time.time()))
+
+
+class RedisTokenBucket:
+    """The token bucket as one atomic Lua script (Redis time, so every gateway agrees)."""
+
+    def __init__(self, backend: RedisBackend, key_prefix: str, capacity: int, initial: int, rate: float) -> None:
+        self.backend = backend
+        self.prefix = f"{key_prefix}:tb:"
+        self.args = (capacity, min(initial, capacity), repr(rate))
+        self.limit = capacity
+        self.timeout_s = REDIS_DEADLINE_S
+
+    async def hit(self, key: str) -> Decision:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                allowed, remaining, wait_ms = await self.backend.token_bucket(keys=[self.prefix + key], args=self.args)
+        except _REDIS_FAILURES as exc:
+            raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        return Decision(bool(allowed), self.limit, int(remaining), _whole_seconds(int(wait_ms) / 1000))
