@@ -56,5 +56,13 @@ class Forwarder:
 
 
 def build_pipeline(route: CompiledRoute, config: GatewayConfig, gateway: Gateway) -> ASGIApp:
+    from kairos.middleware.body_limit import body_limit_layer
+    from kairos.middleware.cors import cors_layer
+    from kairos.middleware.security_headers import compile_for_route
+
+    # Security headers are applied by the global layer from this compiled set (docs/architecture.md).
+    compile_for_route(route, config)
     app: ASGIApp = Forwarder(route, gateway)
+    app = body_limit_layer(app, route, config)
+    app = cors_layer(app, route, config)
     return app
