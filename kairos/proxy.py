@@ -9,11 +9,13 @@ reach the client as they are produced, not at the end).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from kairos.errors import GatewayError
+from kairos.observability import metrics
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
 from kairos.upstream.cluster import Backend
@@ -148,13 +150,23 @@ async def open_exchange(
 ) -> aiohttp.ClientResponse:
     """Send the request and wait for the response headers, within `timeout_s` overall."""
     backend.in_flight += 1
+    start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            return await client.request(scope["method"], backend.url(path_and_query), headers, body, client_timeout)
+            response = await client.request(scope["method"], backend.url(path_and_query), headers, body, client_timeout)
     except TimeoutError:
+        metrics.count_upstream_error(backend.address, "timeout")
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
+    except UpstreamError as exc:
+        if not scope.get("kairos.body_limit_exceeded"):  # we cut the body: not the backend's fault
+            metrics.count_upstream_error(backend.address, exc.kind)
+        raise
     finally:
         backend.in_flight -= 1
+    metrics.observe_upstream(backend.address, time.perf_counter() - start)
+    if response.status >= 500:
+        metrics.count_upstream_error(backend.address, "status")
+    return response
 
 
 async def relay_response(scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:

@@ -139,3 +139,22 @@ def test_log_level_from_config_filters_events(upstream, gateway, sync_client):
     assert sync_client.get(gw.url + "/api/1").status_code == 200
     gw.wait_for_log(lambda r: r.get("event") == "access")
     assert not [r for r in gw.log_records() if r.get("event") == "startup"]
+
+
+def test_upstream_metrics(upstream, make_upstream, gateway, sync_client):
+    dead = make_upstream()
+    dead_backend = dead.backend()
+    dead.stop()
+    gw = gateway(config(route(upstream), {"external_path": "/dead", "internal_path": "/", "methods": ["GET"],
+                                          "backends": [dead_backend]}))
+    up = f"http://127.0.0.1:{upstream.port}"
+    down = f"http://127.0.0.1:{dead_backend['port']}"
+    assert sync_client.get(gw.url + "/api/1").status_code == 200
+    upstream.fail_next(2, status=503)
+    assert sync_client.get(gw.url + "/api/1").status_code == 503
+    assert sync_client.get(gw.url + "/api/1").status_code == 503
+    assert sync_client.get(gw.url + "/dead").status_code in (502, 504)
+    text = sync_client.get(gw.url + "/metrics").text
+    assert metric_value(text, "kairos_upstream_request_duration_seconds_count", backend=up) == 3
+    assert metric_value(text, "kairos_upstream_errors_total", backend=up, kind="status") == 2
+    assert metric_value(text, "kairos_upstream_errors_total", backend=down, kind="connect") == 1

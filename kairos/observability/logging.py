@@ -113,21 +113,27 @@ def redact_query(query: str) -> str:
 
 
 class _Clock:
-    """RFC 3339 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
+    """RFC 3339 UTC timestamps with milliseconds, formatted at most once per millisecond."""
 
-    __slots__ = ("_second", "_prefix")
+    __slots__ = ("_second", "_prefix", "_ms", "_text")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._text = ""
 
     def now(self) -> str:
-        t = time.time()
-        sec = int(t)
+        ms = int(time.time() * 1000)
+        if ms == self._ms:
+            return self._text
+        sec = ms // 1000
         if sec != self._second:
             self._second = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
+        self._ms = ms
+        self._text = f"{self._prefix}.{ms % 1000:03d}Z"
+        return self._text
 
 
 clock = _Clock()
