@@ -220,3 +220,23 @@ def test_chunked_body_cut_at_limit(upstream, gateway, sync_client):
     assert r.json()["type"] == "payload_too_large"
     # the gateway keeps serving
     assert sync_client.get(gw.url + "/api/2").status_code == 200
+
+
+def test_ops_example_configs_are_valid(kairos_cli):
+    from conftest import REPO_ROOT
+
+    for name in ("ops-production.json", "cors-spa.json", "security-headers.json"):
+        done = kairos_cli("validate", str(REPO_ROOT / "configs" / name))
+        assert done.returncode == 0, done.stderr
+
+
+def test_bad_origins_and_header_values_are_config_errors(kairos_cli, tmp_path):
+    import json
+
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps({"version": 1, "routers": [],
+                             "cors": {"allowed_origins": ["https://ok.example", "example.com/path"]},
+                             "security_headers": {"headers": {"x-bad": "a\r\nInjected: 1"}}}))
+    done = kairos_cli("validate", str(p))
+    assert done.returncode == 1
+    assert "example.com/path" in done.stderr and "control characters" in done.stderr
