@@ -221,3 +221,17 @@ def test_sigterm_with_two_workers_exits_zero(upstream, gateway, sync_client):
     gw = gateway(config(route(upstream)), workers=2)
     assert sync_client.get(gw.url + "/api/1").status_code == 200
     assert gw.stop(signal.SIGTERM) == 0, gw.output()
+
+
+def test_sighup_is_forwarded_to_every_worker(upstream, gateway, sync_client):
+    gw = gateway(config(route(upstream)), workers=2)
+    wait_until(lambda: len({r["pid"] for r in gw.log_records() if r.get("event") == "startup"}) == 2,
+               what="both workers started")
+    gw.proc.send_signal(signal.SIGHUP)
+    # each worker reloads in place (uvicorn's default would restart them); the counters add up
+    wait_until(lambda: reloads(sync_client, gw) >= 2, what="two reloads (one per worker)")
+    events = [r for r in gw.log_records() if r.get("event") == "config_reloaded"]
+    assert len(events) == 2 and {r["trigger"] for r in events} == {"sighup"}
+    assert not [r for r in gw.log_records() if r.get("event") == "shutdown"]  # nobody was restarted
+    assert gw.alive() and sync_client.get(gw.url + "/api/1").status_code == 200
+    assert gw.stop(signal.SIGTERM) == 0
