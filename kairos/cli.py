@@ -91,25 +91,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     if workers > 1:
-        uvicorn.run("kairos.app:app", workers=workers, **options)  # type: ignore[arg-type]
-        return 0
+        return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options))  # type: ignore[arg-type]
     from kairos.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(path), **options))  # type: ignore[arg-type]
+    app = create_app(path)
+    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
     # uvicorn re-raises the caught SIGTERM after a clean shutdown (the process then dies
     # "by signal", exit 143); a gateway that drained cleanly exits 0.
-    server.capture_signals = _capture_signals(server)  # type: ignore[method-assign]
+    server.capture_signals = _capture_signals(server, app.state.gateway)  # type: ignore[method-assign]
     server.run()
     return 0
 
 
-def _capture_signals(server: "uvicorn.Server"):  # type: ignore[name-defined]
+def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ignore[name-defined]  # noqa: F821
+    """SIGTERM drains, SIGINT stops, SIGHUP reloads (kairos.app.install_signal_handlers); none is re-raised."""
     import contextlib
     import signal
 
+    from kairos.app import install_signal_handlers
+
     @contextlib.contextmanager
     def capture():
-        previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = install_signal_handlers(gateway, server)
         try:
             yield
         finally:
@@ -117,6 +120,56 @@ def _capture_signals(server: "uvicorn.Server"):  # type: ignore[name-defined]
                 signal.signal(sig, handler)
 
     return capture
+
+
+def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-defined]  # noqa: F821
+    """N worker processes behind one socket, metrics summed across them.
+
+    The prometheus-client multiprocess directory is prepared here, before any worker
+    starts (each worker picks its value class when it imports prometheus_client):
+    $PROMETHEUS_MULTIPROC_DIR if set (its *.db files removed), else a temporary
+    directory removed at exit. A dead worker's live gauges are dropped. SIGHUP is
+    forwarded to the workers, which reload their config in place (uvicorn's default
+    would restart them and lose their live state); SIGTERM makes each worker drain.
+    """
+    import shutil
+    import signal
+
+    from uvicorn.supervisors import Multiprocess
+
+    from kairos.observability import metrics
+
+    directory, created = metrics.prepare_multiprocess_dir(metrics.multiprocess_dir())
+
+    class Workers(Multiprocess):
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                pid = process.pid
+                if pid is not None and process.process.is_alive():
+                    try:
+                        os.kill(pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    metrics.mark_dead(pid)
+
+    sock = config.bind_socket()
+    supervisor = Workers(config, sockets=[sock])
+    try:
+        supervisor.run()
+    finally:
+        for process in supervisor.processes:
+            if process.pid is not None:
+                metrics.mark_dead(process.pid)
+        sock.close()
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import time
 
 from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
+from kairos.observability.metrics import count_upstream_error
 from kairos.middleware.auth import auth_layer
 from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
@@ -96,7 +97,10 @@ class Forwarder:
 
     # ------------------------------------------------------------------ outcomes
     def failed(self, backend: Backend, breaker, gen: int, exc: UpstreamError) -> None:
-        backend.errors[exc.kind].inc()
+        if exc.kind == "request_body":  # the client's body broke: not the backend's fault
+            breaker.release(gen)
+            return
+        count_upstream_error(backend.address, exc.kind)
         breaker.failure(gen)
         if self.outlier is not None:
             self.outlier.failure(backend)
@@ -104,7 +108,7 @@ class Forwarder:
     def answered(self, backend: Backend, breaker, gen: int, status: int) -> None:
         breaker.record_status(gen, status)
         if status >= 500:
-            backend.errors["status"].inc()
+            count_upstream_error(backend.address, "status")
             if self.outlier is not None:
                 self.outlier.failure(backend)
         elif self.outlier is not None:
@@ -172,7 +176,7 @@ class Forwarder:
                     if holding_retry:
                         budget.release()
                         holding_retry = False
-                    if not policy.on_connection_error or attempt >= policy.max_retries:
+                    if exc.kind == "request_body" or not policy.on_connection_error or attempt >= policy.max_retries:
                         raise upstream_failure(exc, backend) from None
                     if not (exc.never_sent or idempotent):
                         raise upstream_failure(exc, backend) from None
@@ -224,9 +228,16 @@ class Forwarder:
 
 
 def build_pipeline(route: CompiledRoute, config: GatewayConfig, gateway: Gateway) -> ASGIApp:
+    from kairos.middleware.body_limit import body_limit_layer
+    from kairos.middleware.cors import cors_layer
+    from kairos.middleware.security_headers import compile_for_route
+
+    # Security headers are applied by the global layer from this compiled set (docs/architecture.md).
+    compile_for_route(route, config)
     app: ASGIApp = Forwarder(route, gateway)
     app = ratelimit_layer(route, config, gateway, app)
     app = auth_layer(route, config, gateway, app)
-    # (body_limit, cors: issue 3)
+    app = body_limit_layer(app, route, config)
+    app = cors_layer(app, route, config)
     app = ip_rules_layer(route, config, gateway, app)
     return app

@@ -9,9 +9,11 @@ reach the client as they are produced, not at the end).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from kairos.errors import GatewayError
+from kairos.observability import metrics
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
 from kairos.upstream.cluster import Backend
@@ -147,15 +149,18 @@ async def open_exchange(
     """Send the request and wait for the response headers, within `timeout_s` overall.
 
     The caller (the Forwarder) counts the backend's in-flight requests, across the
-    whole exchange including the streamed response."""
+    whole exchange including the streamed response, and its errors per attempt."""
+    start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            return await client.request(
+            response = await client.request(
                 backend.scheme, backend.connect_host, backend.port, scope["method"], path_and_query,
                 headers, body, connect_timeout_s,
             )
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
+    metrics.observe_upstream(backend.address, time.perf_counter() - start)
+    return response
 
 
 async def relay_response(scope: Scope, send: Send, response: Response) -> int:

@@ -278,6 +278,11 @@ class OutlierDetectionConfig(Model):
         return value
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.\-]*://(\*\.)?[A-Za-z0-9\-.\[\]:]+?(:(\d{1,5}|\*))?$")
+
+
 class SecurityHeadersConfig(Model):
     """`headers` overrides the defaults by name; a `null` value switches one off."""
 
@@ -285,6 +290,25 @@ class SecurityHeadersConfig(Model):
     headers: dict[str, str | None] = Field(default_factory=dict)
     hsts: str | None = "max-age=31536000; includeSubDomains"
     override_upstream: bool = False
+
+    @field_validator("headers")
+    @classmethod
+    def _header_syntax(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for name, v in value.items():
+            if not _TOKEN.match(name):
+                raise problem(f"'{name}' is not a valid header name")
+            if name.lower() == "strict-transport-security":
+                raise problem("set Strict-Transport-Security with the 'hsts' key (it is sent over HTTPS only)")
+            if v is not None and not _FIELD_VALUE.match(v):
+                raise problem(f"the value of '{name}' contains control characters")
+        return value
+
+    @field_validator("hsts")
+    @classmethod
+    def _hsts_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not _FIELD_VALUE.match(value):
+            raise problem("contains control characters")
+        return value
 
 
 class CorsConfig(Model):
@@ -294,6 +318,32 @@ class CorsConfig(Model):
     expose_headers: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
     max_age: NonNegativeInt = 600
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin in ("*", "null"):
+                continue
+            if not _ORIGIN.match(origin):
+                raise problem(
+                    f"'{origin}' is not an origin: write scheme://host[:port] without a path "
+                    "('*' as a whole subdomain part or port is allowed: https://*.example.com, http://localhost:*)"
+                )
+        return value
+
+    @field_validator("allowed_methods")
+    @classmethod
+    def _cors_methods(cls, value: list[str]) -> list[str]:
+        return _methods(value)
+
+    @field_validator("allowed_headers", "expose_headers")
+    @classmethod
+    def _cors_headers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name != "*" and not _TOKEN.match(name):
+                raise problem(f"'{name}' is not a valid header name")
+        return value
 
     @model_validator(mode="after")
     def _wildcard_with_credentials(self) -> CorsConfig:

@@ -6,6 +6,11 @@ Label children on the request path are cached by the code that uses them
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,3 +36,147 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
+
+
+# --------------------------------------------------------------------------- cached children
+
+_requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_upstream_durations: dict[str, Any] = {}
+_upstream_errors: dict[tuple[str, str], Any] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one proxied request and its duration (both label children cached under one key)."""
+    key = (route, method, status)
+    children = _requests.get(key)
+    if children is None:
+        children = _requests[key] = (REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route, method))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+class ActiveRequests:
+    """`kairos_active_requests`: a plain int read at scrape time in one-process mode (no lock per
+    request); the multiprocess gauge (inc/dec on a shared file) under several workers."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shared = multiprocess_dir() is not None
+        if not self.shared:
+            ACTIVE_REQUESTS.set_function(lambda: self.n)
+
+    def inc(self) -> None:
+        if self.shared:
+            ACTIVE_REQUESTS.inc()
+        else:
+            self.n += 1
+
+    def dec(self) -> None:
+        if self.shared:
+            ACTIVE_REQUESTS.dec()
+        else:
+            self.n -= 1
+
+
+def observe_upstream(backend: str, seconds: float) -> None:
+    """One upstream exchange's duration until its response headers, for `backend`."""
+    hist = _upstream_durations.get(backend)
+    if hist is None:
+        hist = _upstream_durations[backend] = UPSTREAM_DURATION.labels(backend)
+    hist.observe(seconds)
+
+
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "status")
+
+
+def count_upstream_error(backend: str, kind: str) -> None:
+    """One upstream failure; `kind` is connect, timeout, reset or status (anything else counts as reset)."""
+    if kind not in UPSTREAM_ERROR_KINDS:
+        kind = "connect" if kind == "connect_timeout" else "reset"
+    key = (backend, kind)
+    child = _upstream_errors.get(key)
+    if child is None:
+        child = _upstream_errors[key] = UPSTREAM_ERRORS.labels(backend, kind)
+    child.inc()
+
+
+_reloads: dict[str, Any] = {}
+
+
+def count_reload(result: str) -> None:
+    child = _reloads.get(result)
+    if child is None:
+        child = _reloads[result] = CONFIG_RELOADS.labels(result)
+    child.inc()
+
+
+def set_build_info(version: str) -> None:
+    BUILD_INFO.labels(version).set(1)
+
+
+# --------------------------------------------------------------------------- multiprocess + exposition
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+def prepare_multiprocess_dir(path: str | None = None) -> tuple[str, bool]:
+    """Create (or empty) the directory the workers share; returns (path, created_by_us).
+
+    Must run before any worker imports prometheus_client (the value class is chosen at import).
+    Only prometheus-client's own `*.db` files are removed from an existing directory.
+    """
+    created = False
+    if path is None:
+        path = tempfile.mkdtemp(prefix="kairos-metrics-")
+        created = True
+    else:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(path, name))
+    os.environ[MULTIPROC_ENV] = path
+    return path, created
+
+
+def mark_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters keep counting in the totals)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(pid)
+
+
+_registry: Any = None
+
+
+def _scrape_registry() -> Any:
+    global _registry
+    if _registry is None:
+        if multiprocess_dir():
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # reads every worker's files on each collect
+            _registry = registry
+        else:
+            from prometheus_client import REGISTRY
+
+            _registry = REGISTRY
+    return _registry
+
+
+def render(accept: str | None) -> tuple[bytes, str]:
+    """The exposition for a scrape: Prometheus text, or OpenMetrics when `Accept` asks for it."""
+    from prometheus_client.exposition import choose_encoder
+
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(_scrape_registry()), content_type
+
+
+ACTIVE = ActiveRequests()

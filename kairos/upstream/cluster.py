@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kairos.config.models import BackendConfig
-from kairos.observability.metrics import BACKEND_UP, BREAKER_STATE, UPSTREAM_ERRORS
+from kairos.observability.metrics import BACKEND_UP, BREAKER_STATE
 
 if TYPE_CHECKING:
     from kairos.upstream.balancer import Balancer
     from kairos.upstream.breaker import CircuitBreaker, NoBreaker
     from kairos.upstream.outlier import OutlierDetector
 
-ERROR_KINDS = ("connect", "connect_timeout", "timeout", "reset", "status")
 
 
 class Backend:
@@ -43,7 +42,6 @@ class Backend:
         "returned_at",
         "od_failures",
         "breaker",
-        "errors",
         "_up",
     )
 
@@ -71,7 +69,6 @@ class Backend:
         self.od_failures = 0
         self.breaker: CircuitBreaker | NoBreaker | None = None
         # Cached metric children (labels() once, not per request).
-        self.errors: dict[str, Any] = {kind: UPSTREAM_ERRORS.labels(self.address, kind) for kind in ERROR_KINDS}
         self._up = BACKEND_UP.labels(self.address)
         self._up.set(1)
 

@@ -29,3 +29,10 @@ class UpstreamReset(UpstreamError):
     """Reset or closed after the request was (maybe) sent, or the response was cut short."""
 
     kind = "reset"
+
+
+class RequestBodyFailed(UpstreamError):
+    """The client's side of the body broke (it went away, or a size limit cut it):
+    the exchange failed, but not through any fault of the backend."""
+
+    kind = "request_body"

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterable
 import httptools
 
 from kairos.upstream.errors import (
+    RequestBodyFailed,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamError,
@@ -451,6 +452,6 @@ async def _send_body(conn: _Connection, response: Response, body: AsyncIterable[
         response._fail(exc)
         raise
     except Exception as exc:  # the client went away, or its body broke
-        response._fail(UpstreamReset(f"request body failed: {exc.__class__.__name__}"))
+        response._fail(RequestBodyFailed(f"request body failed: {exc.__class__.__name__}"))
         conn.close()
         raise

@@ -1,0 +1,85 @@
+"""Per-request cost of the operations layers, in process (no sockets): python bench/ops_layers.py
+
+Each layer wraps a no-op app that answers 200 with a small body; the number is
+the time per request of (layer + no-op) minus the no-op alone. The access log
+writes to /dev/null (fd 1 redirected) so the terminal is not measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kairos.app import create_app  # noqa: E402
+from kairos.config.models import CorsConfig  # noqa: E402
+from kairos.middleware.access_log import AccessLog  # noqa: E402
+from kairos.middleware.body_limit import BodyLimit  # noqa: E402
+from kairos.middleware.cors import Cors, CorsPolicy  # noqa: E402
+from kairos.middleware.security_headers import SecurityHeaders  # noqa: E402
+
+N = 200_000
+HEADERS = [(b"host", b"gw"), (b"user-agent", b"bench/1"), (b"accept", b"*/*"), (b"origin", b"https://a.example.com"),
+           (b"x-request-id", b"abc")]
+START = {"type": "http.response.start", "status": 200}
+BODY = {"type": "http.response.body", "body": b'{"ok":true}'}
+
+
+async def noop(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send(BODY)
+
+
+async def sink(message):
+    pass
+
+
+async def receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def run(app, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        scope = {"type": "http", "method": "GET", "path": "/api/1", "raw_path": b"/api/1", "query_string": b"a=1",
+                 "headers": HEADERS, "client": ("127.0.0.1", 5555), "scheme": "http", "kairos.request_id": "abc"}
+        await app(scope, receive, sink)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+async def main() -> None:
+    app = create_app({"version": 1, "routers": []})
+    gateway = app.state.gateway
+    gateway_nolog = create_app({"version": 1, "routers": [], "logging": {"access_log": False}}).state.gateway
+    layers = {
+        "access log + metrics (log on)": AccessLog(noop, gateway),
+        "access log + metrics (log off)": AccessLog(noop, gateway_nolog),
+        "security headers (global)": SecurityHeaders(noop, gateway),
+        "cors (allowed origin, pattern)": Cors(noop, CorsPolicy(CorsConfig(allowed_origins=["https://*.example.com"]))),
+        "body limit (GET, no body)": BodyLimit(noop, 10 * 1024 * 1024),
+    }
+    await run(noop, 20_000)
+    base = min([await run(noop, N) for _ in range(3)])
+    print(f"no-op app alone: {base:.2f} µs/request")
+    for name, layer in layers.items():
+        await run(layer, 20_000)
+        t = min([await run(layer, N) for _ in range(3)])
+        print(f"{name:34s} +{t - base:5.2f} µs/request")
+
+
+if __name__ == "__main__":
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1)
+    os.dup2(devnull, 1)
+    try:
+        import io
+        out = io.StringIO()
+        real_stdout, sys.stdout = sys.stdout, out
+        asyncio.run(main())
+    finally:
+        sys.stdout = real_stdout
+        os.dup2(saved, 1)
+    print(out.getvalue(), end="")

@@ -1,0 +1,80 @@
+"""Watch the config file and reload the gateway when it changes.
+
+The directory is watched, not the file: editors and `os.replace` swap the
+file's inode, and Kubernetes ConfigMaps swap a `..data` symlink next to it.
+Any event on the file's name (or a `..`-prefixed entry) triggers
+`Gateway.reload("file")`, which skips a file whose content did not change,
+and keeps the old config if the new one is invalid (a half-written file
+included: the write that completes it is one more event).
+
+SIGHUP triggers the same reload (kairos.app.install_signal_handlers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from kairos.observability.logging import log_event
+
+if TYPE_CHECKING:
+    from kairos.app import Gateway
+
+# Group the events of one write; under a constant stream of other events in the
+# directory (a log file next to the config) a batch is yielded at least this often.
+DEBOUNCE_MS = 300
+STEP_MS = 50
+
+
+class ConfigWatcher:
+    def __init__(self, gateway: Gateway) -> None:
+        assert gateway.config_path is not None
+        self.gateway = gateway
+        self.path = os.path.abspath(gateway.config_path)
+        self.directory = os.path.dirname(self.path)
+        self.name = os.path.basename(self.path)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _relevant(self, _change: object, path: str) -> bool:
+        base = os.path.basename(path)
+        return base == self.name or base.startswith("..")
+
+    def start(self) -> None:
+        from kairos.app import _file_digest
+
+        if getattr(self.gateway, "config_digest", None) is None:
+            self.gateway.config_digest = _file_digest(self.path)  # type: ignore[attr-defined]
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kairos-config-watch")
+
+    async def _run(self) -> None:
+        from watchfiles import awatch
+
+        while not self._stop.is_set():
+            try:
+                async for _changes in awatch(
+                    self.directory,
+                    watch_filter=self._relevant,
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    stop_event=self._stop,
+                    recursive=False,
+                ):
+                    self.gateway.reload("file")
+            except Exception as exc:  # e.g. the directory vanished: retry, never crash the gateway
+                log_event("config_watch_error", logging.WARNING, directory=self.directory, error=str(exc))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+                except TimeoutError:
+                    pass
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, 5.0)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()

@@ -1,0 +1,112 @@
+"""Access log and request metrics for proxied traffic (everything the catch-all handles).
+
+It wraps GatewayEndpoint only, so /health, /live, /ready and /metrics are never
+counted or logged as proxied traffic. Per request: one header scan, one `send`
+wrapper, cached metric children, and (when `logging.access_log` is on) one dict
+dumped by orjson into a buffer flushed once per loop iteration.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from kairos.config.models import HTTP_METHODS
+from kairos.observability import metrics
+from kairos.observability.logging import access_log_writer, clock, redact_query
+from kairos.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from kairos.app import Gateway
+
+_METHODS = frozenset(HTTP_METHODS)
+UNMATCHED = "unmatched"
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.writer = access_log_writer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        log_on = self.gateway.runtime.config.logging.access_log
+        user_agent = b""
+        has_body = False
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"content-length":
+                has_body = value != b"0"
+            elif name == b"transfer-encoding":
+                has_body = True
+        status = 0
+        bytes_out = 0
+        bytes_in = 0
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status, bytes_out
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            else:
+                body = message.get("body")
+                if body:
+                    bytes_out += len(body)
+            await send(message)
+
+        if has_body:
+
+            async def receive_counted() -> Message:
+                nonlocal bytes_in
+                message = await receive()
+                body = message.get("body")
+                if body:
+                    bytes_in += len(body)
+                return message
+
+            inner_receive: Receive = receive_counted
+        else:
+            inner_receive = receive
+
+        active = metrics.ACTIVE
+        active.inc()
+        try:
+            await self.app(scope, inner_receive, send_counted)
+        finally:
+            active.dec()
+            duration = time.perf_counter() - start
+            route = scope.get("kairos.route")
+            route_name = route.name if route is not None else UNMATCHED
+            method = scope["method"]
+            if method not in _METHODS:
+                method = "other"
+            if status == 0:
+                status = 500  # nothing was sent: the error middleware answers 500
+            metrics.observe_request(route_name, method, status, duration)
+            if log_on:
+                qs = scope.get("query_string")
+                record = {
+                    "timestamp": clock.now(),
+                    "level": "info",
+                    "event": "access",
+                    "request_id": scope.get("kairos.request_id", ""),
+                    "client_ip": scope.get("kairos.client_ip") or (scope.get("client") or ("",))[0],
+                    "method": method,
+                    "path": scope["path"],
+                    "query": redact_query(qs.decode("latin-1")) if qs else "",
+                    "route": route_name,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "upstream": scope.get("kairos.backend"),
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "user_agent": user_agent.decode("latin-1"),
+                }
+                error = scope.get("kairos.error")
+                if error is not None:
+                    record["error"] = error
+                self.writer.write(record)
