@@ -291,12 +291,38 @@ class Response:
     close = release
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per (scheme, host, port)."""
+class _Origin:
+    """One (scheme, host, port): its idle connections, and requests waiting for one."""
 
-    def __init__(self, keepalive_expiry_s: float = 4.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    __slots__ = ("idle", "waiters", "connecting")
+
+    def __init__(self) -> None:
+        self.idle: list[_Connection] = []
+        # Futures of requests waiting: a released connection (handed over directly,
+        # oldest waiter first) or None (a connect slot came free).
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self.connecting = 0
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per (scheme, host, port).
+
+    At most `max_connecting` connects per origin are in progress at once; other
+    requests wait, first come first served, for a released connection or a free
+    slot. Without that cap a burst of 2,000 new clients opened 2,000 upstream
+    connections at once, overflowed the upstream's listen backlog (nginx: 511),
+    and the dropped SYNs came back only after 1-3 s retransmit timeouts.
+    """
+
+    def __init__(
+        self,
+        keepalive_expiry_s: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connecting: int = 64,
+    ) -> None:
         self.keepalive_expiry_s = keepalive_expiry_s
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.max_connecting = max_connecting
+        self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._ssl = ssl_context
         self._last_sweep = time.monotonic()
         self.closed = False
@@ -306,33 +332,57 @@ class UpstreamPool:
             self._ssl = ssl.create_default_context()
         return self._ssl
 
+    def _origin(self, key: tuple[str, str, int]) -> _Origin:
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = _Origin()
+        return origin
+
     def _put(self, key: tuple[str, str, int], conn: _Connection) -> None:
         if self.closed:
             conn.close()
             return
+        origin = self._origin(key)
+        waiters = origin.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
         now = time.monotonic()
         conn.idle_since = now
-        self._idle.setdefault(key, []).append(conn)
+        origin.idle.append(conn)
         if now - self._last_sweep > self.keepalive_expiry_s:
             self._sweep(now)
+
+    @staticmethod
+    def _release_slot(origin: _Origin) -> None:
+        """A connect finished: hand its slot to the oldest waiter, or give it back."""
+        waiters = origin.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; `connecting` stays as it is
+                return
+        origin.connecting -= 1
 
     def _sweep(self, now: float) -> None:
         self._last_sweep = now
         limit = now - self.keepalive_expiry_s
-        for key, conns in list(self._idle.items()):
+        for key, origin in list(self._origins.items()):
             keep = []
-            for conn in conns:
+            for conn in origin.idle:
                 if conn.closed or conn.idle_since < limit:
                     conn.close()
                 else:
                     keep.append(conn)
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
+            origin.idle = keep
+            if not keep and not origin.waiters and not origin.connecting:
+                del self._origins[key]
 
     async def _acquire(self, key: tuple[str, str, int], connect_timeout: float | None) -> _Connection:
-        idle = self._idle.get(key)
+        origin = self._origin(key)
+        idle = origin.idle
         if idle:
             limit = time.monotonic() - self.keepalive_expiry_s
             while idle:
@@ -340,6 +390,31 @@ class UpstreamPool:
                 if not conn.closed and conn.idle_since >= limit:
                     return conn
                 conn.close()
+        if origin.connecting < self.max_connecting and not origin.waiters:
+            origin.connecting += 1
+        else:
+            # Queue behind earlier requests (no barging: a newcomer never overtakes a waiter).
+            waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            origin.waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    # Woken and cancelled in the same breath: pass on what we were given.
+                    if (gift := waiter.result()) is not None:
+                        self._put(key, gift)
+                    else:
+                        self._release_slot(origin)
+                raise
+            if handed is not None:
+                return handed
+            # handed None: a connect slot is ours.
+        try:
+            return await self._connect(key, connect_timeout)
+        finally:
+            self._release_slot(origin)
+
+    async def _connect(self, key: tuple[str, str, int], connect_timeout: float | None) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         try:
@@ -417,10 +492,13 @@ class UpstreamPool:
 
     async def aclose(self) -> None:
         self.closed = True
-        for conns in self._idle.values():
-            for conn in conns:
+        for origin in self._origins.values():
+            for conn in origin.idle:
                 conn.close()
-        self._idle.clear()
+            for waiter in origin.waiters:
+                if not waiter.done():
+                    waiter.set_exception(UpstreamConnectError("the gateway is shutting down"))
+        self._origins.clear()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
