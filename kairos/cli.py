@@ -93,9 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers > 1:
         return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options))  # type: ignore[arg-type]
     from kairos.app import create_app
+    from kairos.server import GatewayServer
 
     app = create_app(path)
-    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+    server = GatewayServer(uvicorn.Config(app, **options))  # type: ignore[arg-type]
     # uvicorn re-raises the caught SIGTERM after a clean shutdown (the process then dies
     # "by signal", exit 143); a gateway that drained cleanly exits 0.
     server.capture_signals = _capture_signals(server, app.state.gateway)  # type: ignore[method-assign]

@@ -1,0 +1,115 @@
+"""uvicorn's Server with a greedy accept loop.
+
+libuv (under uvloop) accepts one connection per event-loop iteration
+(libuv/libuv#3696). Under load an iteration takes milliseconds, so a burst of
+new clients waits in the kernel's accept queue: with 2,000 connections opened
+at once through a busy gateway the queue held 1,000-1,700 connections for
+seconds and wrk counted 5 s timeouts -- reproduced with a hello-world uvicorn
+app, so not kairos's own doing. Here the listening socket is read by our own
+reader callback, which accepts everything that is waiting (up to `backlog` per
+wake-up, as asyncio's own loop does) and hands each socket to the loop's
+`connect_accepted_socket` with uvicorn's protocol. Everything else -- protocol,
+lifespan, graceful shutdown -- stays uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Callable
+
+import uvicorn
+
+logger = logging.getLogger("uvicorn.error")
+STARTUP_FAILURE = 3
+
+
+class GreedyAcceptor:
+    """Accepts every waiting connection on each wake-up; quacks like asyncio.Server for uvicorn."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        batch: int,
+        owns_socket: bool,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.batch = max(1, batch)
+        self.owns_socket = owns_socket
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self.batch):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                # Out of descriptors, or worse: pause instead of spinning on the error.
+                logger.error("cannot accept connections: %s; pausing for 1 s", exc.strerror)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(1.0, self._resume)
+                return
+            conn.setblocking(False)
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.loop.create_task(self._serve(conn))
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.protocol_factory, conn)
+        except OSError:
+            conn.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self.owns_socket:
+            self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn.Server whose listening sockets are served by GreedyAcceptor (no TLS, no UNIX sockets)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        owns = sockets is None
+        if sockets is None:
+            try:
+                sockets = [config.bind_socket()]  # logs "Uvicorn running on ..."
+            except SystemExit:
+                await self.lifespan.shutdown()
+                raise
+            sockets[0].listen(config.backlog)
+        self.servers = [GreedyAcceptor(loop, sock, create_protocol, config.backlog, owns) for sock in sockets]  # type: ignore[list-item]
+        self.started = True
