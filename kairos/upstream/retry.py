@@ -7,10 +7,11 @@ policy and makes exactly one attempt.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from kairos.config.models import RetryConfig
 from kairos.observability.metrics import RETRIES
+from kairos.types import Receive
 
 # RFC 9110 9.2.2: retrying these cannot repeat a side effect the client did not ask for twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -95,46 +96,36 @@ class StreamedBody:
     to a connection (if not, a request refused at connect time can still be sent
     elsewhere with this same body)."""
 
-    __slots__ = ("head", "receive", "started", "complete")
+    __slots__ = ("head", "rest", "started")
 
-    def __init__(self, head: list[bytes], receive: Callable, complete: bool) -> None:
+    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]) -> None:
         self.head = head
-        self.receive = receive
+        self.rest = rest
         self.started = False
-        self.complete = complete  # the head is the whole body
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
 
-    async def _chunks(self):
-        from kairos.proxy import request_body
-
+    async def _chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         head, self.head = self.head, []
         for chunk in head:
             yield chunk
-        if not self.complete:
-            async for chunk in request_body(self.receive):
-                yield chunk
+        async for chunk in self.rest:
+            yield chunk
 
 
-async def buffer_body(receive: Callable, limit: int) -> bytes | StreamedBody:
+async def buffer_body(receive: Receive, limit: int) -> bytes | StreamedBody:
     """Read the request body into memory for replay, up to `limit` bytes; beyond that,
     return a StreamedBody that forwards the rest as it streams (not replayable)."""
-    from kairos.proxy import ClientDisconnected
+    from kairos.proxy import request_body
 
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
-        if chunk:
-            chunks.append(chunk)
-            size += len(chunk)
-        more = message.get("more_body", False)
+    stream = request_body(receive)
+    async for chunk in stream:
+        chunks.append(chunk)
+        size += len(chunk)
         if size > limit:
-            return StreamedBody(chunks, receive, complete=not more)
-        if not more:
-            return b"".join(chunks)
+            return StreamedBody(chunks, stream)
+    return b"".join(chunks)
