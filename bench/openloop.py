@@ -21,6 +21,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0
 
     async def exchange(self, request: bytes) -> int:
         self.writer.write(request)
@@ -58,7 +59,15 @@ async def run(url: str, rate: float, duration: float, timeout: float = 5.0) -> d
 
     async def one(due: float) -> None:
         nonlocal errors
-        conn = idle.pop() if idle else None
+        conn = None
+        while idle:
+            conn = idle.pop()
+            # Servers close idle keep-alive connections (uvicorn after 5 s): a load
+            # generator that reuses one of those measures its own race, not the server.
+            if time.perf_counter() - conn.idle_since < 2.0:
+                break
+            conn.writer.close()
+            conn = None
         try:
             if conn is None:
                 reader, writer = await asyncio.open_connection(host, port)
@@ -66,6 +75,7 @@ async def run(url: str, rate: float, duration: float, timeout: float = 5.0) -> d
             status = await asyncio.wait_for(conn.exchange(request), timeout)
             latencies.append(time.perf_counter() - due)
             statuses[status] = statuses.get(status, 0) + 1
+            conn.idle_since = time.perf_counter()
             idle.append(conn)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
             errors += 1

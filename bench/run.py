@@ -17,6 +17,7 @@ Processes are pinned with taskset where the machine has 2+ cores: the gateway
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -195,6 +196,28 @@ def wrk(port: int, connections: int = 64, duration: int = 10, path: str = PATH, 
     return data
 
 
+def interleaved(targets: dict[str, tuple[int, Path | None]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Measure each target `args.repeat` times, round-robin, and keep the median run of each.
+
+    Interleaving spreads slow phases of a shared machine over every target instead of
+    letting one of them take the whole hit; all runs' requests/s are kept in `runs_rps`.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for port, script in targets.values():
+        wrk(port, duration=2, script=script)  # warm-up
+    for _ in range(args.repeat):
+        for name, (port, script) in targets.items():
+            runs[name].append(wrk(port, duration=args.duration, script=script))
+    out = {}
+    for name, results in runs.items():
+        ordered = sorted(results, key=lambda r: r["rps"])
+        median = dict(ordered[len(ordered) // 2])
+        median["runs_rps"] = [r["rps"] for r in results]
+        median["conditions"] += f", median of {len(results)} interleaved runs"
+        out[name] = median
+    return out
+
+
 def openloop(port: int, rate: int, duration: int) -> dict[str, Any]:
     argv = [sys.executable, str(ROOT / "bench" / "openloop.py"), "--url", f"http://127.0.0.1:{port}{PATH}", "--rate", str(rate), "--duration", str(duration)]
     result = subprocess.run(pinned(1, argv), capture_output=True, text=True, timeout=duration + 60)
@@ -215,13 +238,9 @@ def rss_mib(pid: int) -> float:
 
 
 def section_proxy(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {"direct": wrk(up, duration=args.duration)}
-    argv, port = nginx(tmp, "nginx-proxy", NGINX_PROXY, upstream=up)
-    with process(pinned(0, argv), port, tmp / "nginx-proxy.log"):
-        res["nginx"] = wrk(port, duration=args.duration)
-    with kairos(tmp, gateway_config(up)) as (_, port):
-        wrk(port, duration=2)  # warm-up
-        res["kairos"] = wrk(port, duration=args.duration)
+    argv, nginx_port = nginx(tmp, "nginx-proxy", NGINX_PROXY, upstream=up)
+    with process(pinned(0, argv), nginx_port, tmp / "nginx-proxy.log"), kairos(tmp, gateway_config(up)) as (_, port):
+        res: dict[str, Any] = interleaved({"direct": (up, None), "nginx": (nginx_port, None), "kairos": (port, None)}, args)
     res["ratio_kairos_nginx"] = round(res["kairos"]["rps"] / res["nginx"]["rps"], 4)
     return res
 
@@ -236,11 +255,9 @@ def section_openloop(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, 
 
 
 def section_routes(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    for n in (20, 20000):
-        with kairos(tmp, gateway_config(up, routes=n), name=f"kairos-{n}") as (_, port):
-            wrk(port, duration=2)
-            res[f"proxy_{n}_routes"] = wrk(port, duration=args.duration)
+    with kairos(tmp, gateway_config(up, routes=20), name="kairos-20") as (_, p20), \
+            kairos(tmp, gateway_config(up, routes=20000), name="kairos-20000") as (_, p20k):
+        res: dict[str, Any] = interleaved({"proxy_20_routes": (p20, None), "proxy_20000_routes": (p20k, None)}, args)
     res["ratio_20000_vs_20"] = round(res["proxy_20000_routes"]["rps"] / res["proxy_20_routes"]["rps"], 4)
     out = tmp / "lookup.json"
     subprocess.run(pinned(0, [sys.executable, str(ROOT / "bench" / "route_lookup.py"), "--json", str(out)]), check=True, capture_output=True, timeout=600)
@@ -278,30 +295,29 @@ def redis_server(tmp: Path) -> Iterator[str]:
 
 
 def section_features(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    with kairos(tmp, gateway_config(up), name="plain") as (_, port):
-        wrk(port, duration=2)
-        res["plain"] = wrk(port, duration=args.duration)
     jwt_cfg = {"secret": JWT_SECRET, "issuer": "bench", "audience": "bench"}
-    cfg = gateway_config(up, jwt=jwt_cfg)
-    cfg["routers"][0]["auth_required"] = True
-    with kairos(tmp, cfg, name="jwt") as (_, port):
-        one = _token_script(tmp, _tokens(1))
-        wrk(port, duration=2, script=one)
-        res["jwt_repeated_token"] = wrk(port, duration=args.duration, script=one)
-        res["jwt_fresh_tokens"] = wrk(port, duration=args.duration, script=_token_script(tmp, _tokens(20000)))
+    jwt = gateway_config(up, jwt=jwt_cfg)
+    jwt["routers"][0]["auth_required"] = True
     limit = {"strategy": "PerIP", "requests_per_window": 10**9, "window_duration": 60, "window_type": "FixedWindow"}
-    with kairos(tmp, gateway_config(up, rate_limit=limit), name="rl-memory") as (_, port):
-        wrk(port, duration=2)
-        res["ratelimit_memory"] = wrk(port, duration=args.duration)
-    if shutil.which("redis-server"):
-        with redis_server(tmp) as url:
+    one = _token_script(tmp, _tokens(1))
+    fresh = _token_script(tmp, _tokens(20000))
+    with contextlib.ExitStack() as stack:
+        targets: dict[str, tuple[int, Path | None]] = {}
+        _, port = stack.enter_context(kairos(tmp, gateway_config(up), name="plain"))
+        targets["plain"] = (port, None)
+        _, port = stack.enter_context(kairos(tmp, jwt, name="jwt"))
+        targets["jwt_repeated_token"] = (port, one)
+        targets["jwt_fresh_tokens"] = (port, fresh)
+        _, port = stack.enter_context(kairos(tmp, gateway_config(up, rate_limit=limit), name="rl-memory"))
+        targets["ratelimit_memory"] = (port, None)
+        if shutil.which("redis-server"):
+            url = stack.enter_context(redis_server(tmp))
             shared = dict(limit, enable_redis=True, redis_url=url)
-            with kairos(tmp, gateway_config(up, rate_limit=shared), name="rl-redis") as (_, port):
-                wrk(port, duration=2)
-                res["ratelimit_redis"] = wrk(port, duration=args.duration)
+            _, port = stack.enter_context(kairos(tmp, gateway_config(up, rate_limit=shared), name="rl-redis"))
+            targets["ratelimit_redis"] = (port, None)
+        res: dict[str, Any] = interleaved(targets, args)
     base = res["plain"]["rps"]
-    res["ratios_to_plain"] = {k: round(v["rps"] / base, 4) for k, v in res.items() if isinstance(v, dict) and "rps" in v and k != "plain"}
+    res["ratios_to_plain"] = {k: round(v["rps"] / base, 4) for k, v in res.items() if k != "plain"}
     return res
 
 
@@ -432,6 +448,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
     parser.add_argument("--rate", type=int, default=1000, help="open-loop rate (default 1000/s)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per configuration; the median is kept (default 3)")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     ensure_tools()
