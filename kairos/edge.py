@@ -11,12 +11,11 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from limits.storage import MemoryStorage
 
 from kairos.auth.jwks import JwksFetcher
 from kairos.auth.jwt import JwtVerifier
 from kairos.config.models import JwtConfig
-from kairos.ratelimit import MemoryTokenBucket, RedisBackend
+from kairos.ratelimit import MemoryCounters, MemoryTokenBucket, RedisBackend
 
 if TYPE_CHECKING:
     from kairos.app import Gateway
@@ -32,7 +31,7 @@ class EdgeState:
     def __init__(self) -> None:
         self.jwks: dict[tuple[str, int, int], JwksFetcher] = {}
         self.verifiers: dict[str, JwtVerifier] = {}
-        self.memory = MemoryStorage()
+        self.memory = MemoryCounters()
         self.buckets: dict[tuple[Any, ...], MemoryTokenBucket] = {}
         self.redis: dict[str, RedisBackend] = {}
         self._used: set[Any] = set()

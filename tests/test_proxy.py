@@ -368,3 +368,51 @@ def test_one_gib_upload_and_download_with_bounded_memory(gateway, upstream):
         assert received == GIB
     peak = rss_kib(gw.pid, "VmHWM")
     assert peak - before < 50 * 1024, f"gateway RSS grew by {(peak - before) / 1024:.1f} MiB"
+
+
+def test_connect_timeout_is_504_timeout(gateway, upstream, sync_client):
+    # A listener that never accepts, its queue already full: the kernel drops further
+    # SYNs, so connecting times out (all on loopback).
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    try:
+        cfg = config_for(upstream, connect_timeout_ms=200, timeout_ms=5000)
+        cfg["routers"][0]["port"] = port
+        gw = gateway(cfg)
+        r = sync_client.get(gw.url + "/api/users/1")
+        assert r.status_code == 504
+        assert r.json()["type"] == "timeout"
+        assert "connecting" in r.json()["error"]
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
+
+
+def test_response_hop_by_hop_headers_are_removed():
+    from kairos.proxy import response_headers
+
+    raw = [
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"keep-alive, X-Internal"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"X-Internal", b"secret"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Trailer", b"X-Checksum"),
+        (b"Upgrade", b"h2c"),
+        (b"Proxy-Authenticate", b"Basic"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+    ]
+    assert response_headers(raw) == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]

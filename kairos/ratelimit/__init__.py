@@ -12,6 +12,7 @@ coroutines and raise `BackendUnavailable` when Redis does not answer in time.
 from kairos.ratelimit.limiters import (
     BackendUnavailable,
     Decision,
+    MemoryCounters,
     MemoryTokenBucket,
     MemoryWindow,
     RedisBackend,
@@ -23,6 +24,7 @@ from kairos.ratelimit.limiters import (
 __all__ = [
     "BackendUnavailable",
     "Decision",
+    "MemoryCounters",
     "MemoryTokenBucket",
     "MemoryWindow",
     "RedisBackend",
