@@ -48,6 +48,13 @@ def problem(message: str) -> PydanticCustomError:
     return PydanticCustomError("kairos", message)
 
 
+def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    """`value` if it is one of `choices`, else a problem naming them all."""
+    if value not in choices:
+        raise problem(f"unknown {what} '{value}' (one of {', '.join(choices)})")
+    return value
+
+
 def _cidr(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -189,9 +196,7 @@ class RateLimitConfig(Model):
     @field_validator("window_type")
     @classmethod
     def _window_type(cls, value: str) -> str:
-        if value not in WINDOW_TYPES:
-            raise problem(f"unknown window_type '{value}' (one of {', '.join(WINDOW_TYPES)})")
-        return value
+        return one_of(value, WINDOW_TYPES, "window_type")
 
 
 class RetryConfig(Model):
@@ -357,13 +362,7 @@ class CorsConfig(Model):
 def _methods(value: list[str]) -> list[str]:
     if not value:
         raise problem("must list at least one method")
-    upper = []
-    for method in value:
-        m = method.upper()
-        if m not in HTTP_METHODS:
-            raise problem(f"unknown method '{method}' (one of {', '.join(HTTP_METHODS)})")
-        upper.append(m)
-    return upper
+    return [one_of(method.upper(), HTTP_METHODS, "method") for method in value]
 
 
 def _backend_host(value: str) -> str:
@@ -458,16 +457,13 @@ class RouterConfig(Model):
         v = value.lower()
         if v in UNSUPPORTED_PROTOCOLS:
             raise problem(f"protocol '{value}' is not supported: kairos proxies HTTP (http, https, websocket)")
-        if v not in PROTOCOLS:
-            raise problem(f"unknown protocol '{value}' (one of {', '.join(PROTOCOLS)})")
+        one_of(v, PROTOCOLS, "protocol")
         return v
 
     @field_validator("load_balancing_strategy")
     @classmethod
     def _strategy(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise problem(f"unknown strategy '{value}' (one of {', '.join(STRATEGIES)})")
-        return value
+        return one_of(value, STRATEGIES, "strategy")
 
     @field_validator("hash_on")
     @classmethod
