@@ -355,6 +355,24 @@ def section_conns(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any
         return {"kairos_2000": wrk(port, connections=2000, duration=args.duration)}
 
 
+def section_layers(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Per-layer cost in process (bench/layers.py): below wrk's run-to-run noise on a shared machine."""
+    result = subprocess.run(pinned(0, [sys.executable, str(ROOT / "bench" / "layers.py")]), capture_output=True, text=True,
+                            timeout=600, check=True)
+    return parse_layers(result.stdout)
+
+
+def parse_layers(output: str) -> dict[str, Any]:
+    costs: dict[str, float] = {}
+    base = None
+    for line in output.splitlines():
+        if line.startswith("no-op app alone:"):
+            base = float(line.split(":")[1].split()[0])
+        elif (m := re.match(r"^(.*?)\s+\+\s*([\d.]+) µs/request", line)):
+            costs[m.group(1).strip()] = float(m.group(2))
+    return {"noop_us": base, "added_us": costs, "conditions": "in process, no sockets, min of 3 x 200,000 calls"}
+
+
 def _python_pid(proc: subprocess.Popen) -> int:
     """taskset execs its command, so the pid is the gateway's own."""
     return proc.pid
@@ -367,6 +385,7 @@ SECTIONS = {
     "features": section_features,
     "memory": section_memory,
     "conns": section_conns,
+    "layers": section_layers,
 }
 
 
@@ -437,6 +456,9 @@ def print_table(results: dict[str, Any]) -> None:
     if "features" in s:
         for k, v in s["features"]["ratios_to_plain"].items():
             print(f"{k}: {v:.1%} of the plain proxy (target >= 85% for jwt_repeated_token and ratelimit_memory)")
+    if "layers" in s:
+        for name, us in s["layers"]["added_us"].items():
+            print(f"layer {name:36s} +{us:.2f} µs/request ({s['layers']['conditions']})")
     if "memory" in s:
         m = s["memory"]
         print(f"RSS: {m['rss_mib_after_50000']} MiB after 50k, {m['rss_mib_after_250000']} MiB after 250k ({m['growth_50k_to_250k']:+.1%}); "

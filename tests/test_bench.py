@@ -69,3 +69,12 @@ def test_route_lookup_benchmark_runs_and_writes_json(tmp_path):
     assert set(data["kairos"]) == {"20", "200"}
     assert all(v > 0 for v in data["kairos"].values())
     assert set(data["starlette"]) == {"20", "200"}
+
+
+def test_parse_layers():
+    from bench.run import parse_layers
+
+    out = parse_layers("no-op app alone: 1.07 µs/request\nsecurity headers (global)          + 0.84 µs/request\n"
+                       "rate limit, memory, FixedWindow    + 2.38 µs/request\n")
+    assert out["noop_us"] == 1.07
+    assert out["added_us"] == {"security headers (global)": 0.84, "rate limit, memory, FixedWindow": 2.38}

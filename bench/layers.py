@@ -1,4 +1,7 @@
-"""Per-request cost of the operations layers, in process (no sockets): python bench/ops_layers.py
+"""Per-request cost of each gateway layer, in process (no sockets): python bench/layers.py
+
+wrk through a real gateway on this shared machine swings by +-20% between runs,
+more than a layer costs, so each layer is also measured here in isolation.
 
 Each layer wraps a no-op app that answers 200 with a small body; the number is
 the time per request of (layer + no-op) minus the no-op alone. The access log
@@ -41,13 +44,39 @@ async def receive():
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def run(app, n: int) -> float:
+async def run(app, n: int, extra_headers: list | None = None) -> float:
+    headers = HEADERS + (extra_headers or [])
     t = time.perf_counter()
     for _ in range(n):
         scope = {"type": "http", "method": "GET", "path": "/api/1", "raw_path": b"/api/1", "query_string": b"a=1",
-                 "headers": HEADERS, "client": ("127.0.0.1", 5555), "scheme": "http", "kairos.request_id": "abc"}
+                 "headers": headers, "client": ("127.0.0.1", 5555), "scheme": "http", "kairos.request_id": "abc",
+                 "kairos.client_ip": "127.0.0.1"}
         await app(scope, receive, sink)
     return (time.perf_counter() - t) / n * 1e6
+
+
+SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
+
+
+def edge_layers() -> dict:
+    from jose import jwt
+
+    from kairos.middleware.auth import auth_layer
+    from kairos.middleware.ratelimit import ratelimit_layer
+
+    route = {"external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"], "host": "http://127.0.0.1",
+             "port": 9, "auth_required": True}
+    layers = {}
+    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 3600, "iss": "b", "aud": "b"}, SECRET, algorithm="HS256")
+    config = {"jwt": {"secret": SECRET, "issuer": "b", "audience": "b"}, "routers": [route]}
+    gw = create_app(config).state.gateway
+    layers["auth (same token, cached)"] = (auth_layer(gw.runtime.routes[0], gw.config, gw, noop),
+                                           [(b"authorization", b"Bearer " + token.encode())])
+    for window in ("FixedWindow", "SlidingWindow", "TokenBucket"):
+        rl = {"strategy": "PerIP", "requests_per_window": 10**9, "window_duration": 60, "window_type": window}
+        gw = create_app({"rate_limit": rl, "routers": [dict(route, auth_required=False)]}).state.gateway
+        layers[f"rate limit, memory, {window}"] = (ratelimit_layer(gw.runtime.routes[0], gw.config, gw, noop), [])
+    return layers
 
 
 async def main() -> None:
@@ -67,6 +96,10 @@ async def main() -> None:
     for name, layer in layers.items():
         await run(layer, 20_000)
         t = min([await run(layer, N) for _ in range(3)])
+        print(f"{name:34s} +{t - base:5.2f} µs/request")
+    for name, (layer, extra) in edge_layers().items():
+        await run(layer, 20_000, extra)
+        t = min([await run(layer, N, extra) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")
 
 
