@@ -86,7 +86,7 @@ class Forwarder:
                 )
             except UpstreamError as exc:
                 self.failed(backend, breaker, gen, exc)
-                raise upstream_failure(exc, backend) from None
+                raise upstream_failure(exc, backend, scope) from None
             except BaseException:
                 breaker.release(gen)
                 raise
@@ -177,14 +177,14 @@ class Forwarder:
                         budget.release()
                         holding_retry = False
                     if exc.kind == "request_body" or not policy.on_connection_error or attempt >= policy.max_retries:
-                        raise upstream_failure(exc, backend) from None
+                        raise upstream_failure(exc, backend, scope) from None
                     if not (exc.never_sent or idempotent):
-                        raise upstream_failure(exc, backend) from None
+                        raise upstream_failure(exc, backend, scope) from None
                     if isinstance(body, StreamedBody) and body.started:
-                        raise upstream_failure(exc, backend) from None
+                        raise upstream_failure(exc, backend, scope) from None
                     delay = policy.delay(attempt)
                     if time.monotonic() + delay >= deadline or not budget.try_acquire():
-                        raise upstream_failure(exc, backend) from None
+                        raise upstream_failure(exc, backend, scope) from None
                     holding_retry = True
                     policy.counters[exc.kind].inc()
                 except BaseException:

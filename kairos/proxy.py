@@ -9,11 +9,13 @@ reach the client as they are produced, not at the end).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
 from kairos.errors import GatewayError
 from kairos.observability import metrics
+from kairos.observability.logging import log_event
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
 from kairos.upstream.cluster import Backend
@@ -187,10 +189,19 @@ async def relay_response(scope: Scope, send: Send, response: Response) -> int:
         response.release()
 
 
-def upstream_failure(exc: UpstreamError, backend: Backend) -> GatewayError:
-    """The JSON error a client sees for a transport failure."""
+def upstream_failure(exc: UpstreamError, backend: Backend, scope: Scope) -> GatewayError:
+    """The JSON error a client sees for a transport failure (the backend's address and the
+    details go to the log, with the request id: internal topology is not the client's business)."""
+    if exc.kind != "request_body":
+        route = scope.get("kairos.route")
+        log_event(
+            "upstream_error", logging.WARNING, request_id=scope.get("kairos.request_id", ""),
+            route=route.name if route is not None else None, backend=backend.address, kind=exc.kind, error=str(exc),
+        )
     if isinstance(exc, UpstreamTimeout):
-        return GatewayError("timeout", f"upstream {backend.address} timed out")
+        return GatewayError("timeout", "the upstream did not answer in time")
     if exc.kind == "connect_timeout":
-        return GatewayError("timeout", f"connecting to upstream {backend.address} timed out")
-    return GatewayError("upstream", f"upstream {backend.address} failed: {exc}")
+        return GatewayError("timeout", "connecting to the upstream timed out")
+    if exc.kind == "connect":
+        return GatewayError("upstream", "the upstream refused or could not be reached")
+    return GatewayError("upstream", "the upstream closed or reset the connection")
