@@ -10,15 +10,9 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from limits.errors import StorageError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import RedisStorage as AsyncRedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindow
-from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindow
-from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 # Redis calls are bounded: a slow Redis must not hold requests hostage.
 REDIS_TIMEOUT_S = 0.5
@@ -27,6 +21,7 @@ REDIS_DEADLINE_S = 1.0
 REDIS_MAX_CONNECTIONS = 64
 
 _TOKEN_BUCKET_LUA = (Path(__file__).with_name("token_bucket.lua")).read_text()
+_WINDOW_LUA = (Path(__file__).with_name("window.lua")).read_text()
 
 
 class Decision(NamedTuple):
@@ -54,10 +49,6 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if user else f"***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _item(limit: int, window: int) -> RateLimitItemPerSecond:
-    return RateLimitItemPerSecond(limit, window)
 
 
 # ---------------------------------------------------------------------------- memory
@@ -204,7 +195,7 @@ def _whole_seconds(seconds: float) -> int:
 
 # ---------------------------------------------------------------------------- redis
 class RedisBackend:
-    """One redis-py asyncio pool per Redis URL, shared by every limiter (and by `limits`)."""
+    """One redis-py asyncio pool per Redis URL, shared by every limiter."""
 
     def __init__(self, url: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
         self.url = url
@@ -223,54 +214,43 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),  # no silent retries: the caller's deadline and on_redis_error decide
         )
         self.client = aioredis.Redis(connection_pool=pool)
-        self.storages: dict[str, AsyncRedisStorage] = {}
         self.token_bucket = self.client.register_script(_TOKEN_BUCKET_LUA)
+        self.window = self.client.register_script(_WINDOW_LUA)
         self.health: Any = None  # failure pause and log throttling, owned by the rate-limit layer
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.safe_url})"
 
-    def storage(self, key_prefix: str) -> AsyncRedisStorage:
-        storage = self.storages.get(key_prefix)
-        if storage is None:
-            storage = AsyncRedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=key_prefix,
-                wrap_exceptions=True,
-                connection_pool=self.client.connection_pool,
-            )
-            self.storages[key_prefix] = storage
-        return storage
-
     async def aclose(self) -> None:
         await self.client.aclose()
 
 
-# redis-py errors, limits.StorageError (wraps them), sockets, our own deadline: all mean "no answer".
-_REDIS_FAILURES = (RedisError, StorageError, OSError, TimeoutError)
+# redis-py errors, sockets, our own deadline: all mean "no answer".
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 class RedisWindow:
-    """FixedWindow / SlidingWindow through `limits` over the shared Redis pool."""
+    """FixedWindow / SlidingWindow shared through Redis: one atomic script, one round trip.
+
+    (`limits`' own Redis strategies took two or three round trips per decision -- hit,
+    then window stats -- which held Redis-backed limiting to ~30% of the plain proxy.)
+    """
 
     def __init__(self, backend: RedisBackend, key_prefix: str, window_type: str, limit: int, window: int) -> None:
-        storage = backend.storage(key_prefix)
-        cls = AsyncFixedWindow if window_type == "FixedWindow" else AsyncSlidingWindow
-        self.strategy = cls(storage)
-        self.item = _item(limit, window)
+        self.backend = backend
+        kind = "fw" if window_type == "FixedWindow" else "sw"
+        self.prefix = f"{key_prefix}:{kind}:{limit}:{window}:"
+        self.args = (limit, window, kind)
         self.limit = limit
         self.timeout_s = REDIS_DEADLINE_S
 
     async def hit(self, key: str) -> Decision:
-        strategy, item = self.strategy, self.item
         try:
             async with asyncio.timeout(self.timeout_s):
-                allowed = await strategy.hit(item, key)
-                reset_at, remaining = await strategy.get_window_stats(item, key)
+                allowed, remaining, reset = await self.backend.window(keys=[self.prefix + key], args=self.args)
         except _REDIS_FAILURES as exc:
             raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
-        return Decision(allowed, self.limit, remaining, _whole_seconds(reset_at - time.time()))
+        return Decision(bool(allowed), self.limit, int(remaining), _whole_seconds(float(reset)))
 
 
 class RedisTokenBucket:
