@@ -159,6 +159,13 @@ def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-define
                 if pid is not None:
                     metrics.mark_dead(pid)
 
+    from uvicorn.supervisors import multiprocess
+
+    from kairos.server import GatewayProcess
+
+    if GatewayProcess is not None:
+        # Each worker serves with GatewayServer (greedy accept), as the single-process mode does.
+        multiprocess.Process = GatewayProcess  # type: ignore[misc]
     sock = config.bind_socket()
     supervisor = Workers(config, sockets=[sock])
     try:

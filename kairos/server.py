@@ -6,8 +6,8 @@ new clients waits in the kernel's accept queue: with 2,000 connections opened
 at once through a busy gateway the queue held 1,000-1,700 connections for
 seconds and wrk counted 5 s timeouts -- reproduced with a hello-world uvicorn
 app, so not kairos's own doing. Here the listening socket is read by our own
-reader callback, which accepts everything that is waiting (up to `backlog` per
-wake-up, as asyncio's own loop does) and hands each socket to the loop's
+reader callback, which accepts what is waiting (up to ACCEPT_BATCH per wake-up,
+as asyncio's own loop does with its backlog) and hands each socket to the loop's
 `connect_accepted_socket` with uvicorn's protocol. Everything else -- protocol,
 lifespan, graceful shutdown -- stays uvicorn's.
 """
@@ -25,6 +25,9 @@ import uvicorn
 
 logger = logging.getLogger("uvicorn.error")
 STARTUP_FAILURE = 3
+# Connections taken per wake-up: enough to drain a burst in a few loop iterations, few
+# enough that workers sharing one listening socket (--workers N) all get a share.
+ACCEPT_BATCH = 64
 
 
 class GreedyAcceptor:
@@ -110,6 +113,23 @@ class GatewayServer(uvicorn.Server):
             except SystemExit:
                 await self.lifespan.shutdown()
                 raise
-            sockets[0].listen(config.backlog)
-        self.servers = [GreedyAcceptor(loop, sock, create_protocol, config.backlog, owns) for sock in sockets]  # type: ignore[list-item]
+        for sock in sockets:
+            sock.listen(config.backlog)  # bind_socket() binds but does not listen; listening twice is harmless
+        self.servers = [GreedyAcceptor(loop, sock, create_protocol, ACCEPT_BATCH, owns) for sock in sockets]  # type: ignore[list-item]
         self.started = True
+
+
+# uvicorn's worker Process, serving with GatewayServer (`kairos serve --workers N`). At module
+# level so that a spawned worker, which unpickles it by qualified name, finds it here.
+try:
+    from uvicorn.supervisors.multiprocess import Process as _UvicornProcess
+
+    class GatewayProcess(_UvicornProcess):
+        @property
+        def server(self) -> uvicorn.Server:
+            if self._server is None:
+                self._server = GatewayServer(config=self.config)
+            return self._server
+
+except ImportError:  # pragma: no cover - an older uvicorn without the Process class
+    GatewayProcess = None  # type: ignore[assignment,misc]
