@@ -91,7 +91,7 @@ class Forwarder:
                 breaker.release(gen)
                 raise
             self.answered(backend, breaker, gen, response.status)
-            scope["kairos.bytes_out"] = await relay_response(scope, send, response)
+            scope["kairos.bytes_out"] = await relay_response(scope, send, response, receive if body is None else None)
         finally:
             backend.in_flight -= 1
 
@@ -209,7 +209,8 @@ class Forwarder:
                             delay = -1.0
                     if delay < 0:
                         try:
-                            scope["kairos.bytes_out"] = await relay_response(scope, send, response)
+                            whole = receive if not isinstance(body, StreamedBody) else None
+                            scope["kairos.bytes_out"] = await relay_response(scope, send, response, whole)
                         finally:
                             backend.in_flight -= 1
                         return

@@ -165,9 +165,35 @@ async def open_exchange(
     return response
 
 
-async def relay_response(scope: Scope, send: Send, response: Response) -> int:
-    """Stream the upstream's response to the client; returns the body bytes sent."""
+# A response with no length, or this long, is relayed with an eye on the client: if it
+# goes away, uvicorn's send() returns silently and an SSE stream would be read forever.
+_WATCH_ABOVE = 1024 * 1024
+
+
+def _streams(raw: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            try:
+                return int(value) > _WATCH_ABOVE
+            except ValueError:
+                return True
+    return True
+
+
+async def _abort_on_disconnect(receive: Receive, response: Response) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    response.abort()
+
+
+async def relay_response(scope: Scope, send: Send, response: Response, receive: Receive | None = None) -> int:
+    """Stream the upstream's response to the client; returns the body bytes sent.
+
+    `receive` is given when the request body has been read completely: then a long or
+    endless response stops (and its upstream connection closes) when the client leaves.
+    """
     sent = 0
+    watcher: asyncio.Task[None] | None = None
     try:
         await send(
             {
@@ -179,6 +205,8 @@ async def relay_response(scope: Scope, send: Send, response: Response) -> int:
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return 0
+        if receive is not None and _streams(response.raw_headers):
+            watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
         read = response.read
         while chunk := await read():
             sent += len(chunk)
@@ -186,6 +214,8 @@ async def relay_response(scope: Scope, send: Send, response: Response) -> int:
         await send({"type": "http.response.body", "body": b""})
         return sent
     finally:
+        if watcher is not None:
+            watcher.cancel()
         response.release()
 
 

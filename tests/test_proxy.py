@@ -421,3 +421,16 @@ def test_response_hop_by_hop_headers_are_removed():
         (b"Set-Cookie", b"b=2"),
     ]
     assert response_headers(raw) == [(b"content-type", b"text/plain"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+
+
+async def test_endless_stream_stops_when_the_client_leaves(gw, upstream, client):
+    # uvicorn's send() is silent once the client is gone; without watching for the
+    # disconnect the gateway would keep reading this stream from the upstream forever.
+    async with client.stream("GET", gw.url + "/t/sse?events=100000&interval_ms=20") as r:
+        first = await asyncio.wait_for(r.aiter_raw().__anext__(), timeout=5)
+        assert first.startswith(b"data: 0")
+    for _ in range(100):
+        if upstream.requests[-1].cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.requests[-1].cancelled, "the upstream stream was still being read after the client left"

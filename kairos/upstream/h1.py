@@ -266,6 +266,15 @@ class Response:
 
     readany = read
 
+    def abort(self) -> None:
+        """Stop now (the client left): the reader sees the end, the connection is closed."""
+        if not self._done:
+            self._done = True
+            self._keep_alive = False
+            self._chunks.clear()
+            self._conn.close()
+            self._wake()
+
     def release(self) -> None:
         if self._released:
             return
