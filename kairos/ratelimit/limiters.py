@@ -229,6 +229,15 @@ class RedisBackend:
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
+async def _run_script(script: Any, key: str, args: tuple[Any, ...], timeout_s: float) -> Any:
+    """One atomic decision in Redis, within the deadline; no answer is BackendUnavailable."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await script(keys=[key], args=args)
+    except _REDIS_FAILURES as exc:
+        raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+
+
 class RedisWindow:
     """FixedWindow / SlidingWindow shared through Redis: one atomic script, one round trip.
 
@@ -245,11 +254,7 @@ class RedisWindow:
         self.timeout_s = REDIS_DEADLINE_S
 
     async def hit(self, key: str) -> Decision:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                allowed, remaining, reset = await self.backend.window(keys=[self.prefix + key], args=self.args)
-        except _REDIS_FAILURES as exc:
-            raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        allowed, remaining, reset = await _run_script(self.backend.window, self.prefix + key, self.args, self.timeout_s)
         return Decision(bool(allowed), self.limit, int(remaining), _whole_seconds(float(reset)))
 
 
@@ -264,9 +269,5 @@ class RedisTokenBucket:
         self.timeout_s = REDIS_DEADLINE_S
 
     async def hit(self, key: str) -> Decision:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                allowed, remaining, wait_ms = await self.backend.token_bucket(keys=[self.prefix + key], args=self.args)
-        except _REDIS_FAILURES as exc:
-            raise BackendUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        allowed, remaining, wait_ms = await _run_script(self.backend.token_bucket, self.prefix + key, self.args, self.timeout_s)
         return Decision(bool(allowed), self.limit, int(remaining), _whole_seconds(int(wait_ms) / 1000))
