@@ -91,6 +91,7 @@ class Forwarder:
                 breaker.release(gen)
                 raise
             self.answered(backend, breaker, gen, response.status)
+            response.read_timeout = route.read_timeout_s
             scope["kairos.bytes_out"] = await relay_response(scope, send, response, receive if body is None else None)
         finally:
             backend.in_flight -= 1
@@ -210,6 +211,7 @@ class Forwarder:
                     if delay < 0:
                         try:
                             whole = receive if not isinstance(body, StreamedBody) else None
+                            response.read_timeout = route.read_timeout_s
                             scope["kairos.bytes_out"] = await relay_response(scope, send, response, whole)
                         finally:
                             backend.in_flight -= 1

@@ -208,9 +208,18 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
         if receive is not None and _streams(response.raw_headers):
             watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
         read = response.read
-        while chunk := await read():
-            sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            while chunk := await read():
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # Too late for an error response: the client's connection is aborted (raising is
+            # the only honest way; ending the body cleanly would pass a truncation off as whole).
+            log_event(
+                "upstream_error", logging.WARNING, request_id=scope.get("kairos.request_id", ""),
+                backend=scope.get("kairos.backend"), kind=exc.kind, error=f"after {sent} body bytes: {exc}",
+            )
+            raise
         await send({"type": "http.response.body", "body": b""})
         return sent
     finally:

@@ -41,6 +41,7 @@ class CompiledRoute:
         "cluster",
         "timeout_s",
         "connect_timeout_s",
+        "read_timeout_s",
         "preserve_host",
         "strip_headers",
         "pipeline",
@@ -59,6 +60,7 @@ class CompiledRoute:
         self.cluster = cluster
         self.timeout_s = root.policy(config, "timeout_ms") / 1000
         self.connect_timeout_s = root.policy(config, "connect_timeout_ms") / 1000
+        self.read_timeout_s: float | None = (root.policy(config, "read_timeout_ms") / 1000) or None
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
         # forward_claims header names are set only by the gateway: a client's copy is dropped

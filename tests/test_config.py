@@ -305,3 +305,12 @@ def test_schema_is_json_schema_of_the_models(kairos_cli):
     assert schema["title"] == "GatewayConfig"
     assert {"routers", "jwt", "rate_limit", "server", "timeout_ms"} <= set(schema["properties"])
     assert "RouterConfig" in schema["$defs"]
+
+
+def test_documented_schema_is_current():
+    from pathlib import Path
+
+    from kairos.config import GatewayConfig
+
+    documented = json.loads((Path(__file__).parent.parent / "docs" / "config.schema.json").read_text())
+    assert documented == GatewayConfig.model_json_schema(), "regenerate with: kairos schema > docs/config.schema.json"

@@ -434,3 +434,25 @@ async def test_endless_stream_stops_when_the_client_leaves(gw, upstream, client)
             break
         await asyncio.sleep(0.05)
     assert upstream.requests[-1].cancelled, "the upstream stream was still being read after the client left"
+
+
+async def test_a_silent_upstream_body_is_cut_after_read_timeout(gateway, upstream, client):
+    cfg = config_for(upstream)
+    cfg["routers"][1]["read_timeout_ms"] = 300
+    gw = gateway(cfg)
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):  # aborted, never passed off as a complete body
+        async with client.stream("GET", gw.url + "/t/stream?chunks=2&size=10&interval_ms=5000") as r:
+            assert r.status_code == 200
+            async for chunk in r.aiter_raw():
+                received += chunk
+    assert received == b"a" * 10
+    event = gw.wait_for_log(lambda rec: rec.get("event") == "upstream_error")
+    assert event["kind"] == "timeout" and "after 10 body bytes" in event["error"]
+
+
+def test_read_timeout_zero_means_no_limit(gateway, upstream, sync_client):
+    cfg = config_for(upstream, read_timeout_ms=0)
+    gw = gateway(cfg)
+    r = sync_client.get(gw.url + "/t/stream?chunks=2&size=10&interval_ms=400")
+    assert r.content == b"a" * 10 + b"b" * 10

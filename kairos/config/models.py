@@ -417,6 +417,7 @@ class RouterConfig(Model):
     # Policy overrides (None: inherit the top-level value).
     timeout_ms: PositiveInt | None = None
     connect_timeout_ms: PositiveInt | None = None
+    read_timeout_ms: NonNegativeInt | None = None
     max_body_size: NonNegativeInt | None = None
     security_headers: SecurityHeadersConfig | None = None
     cors: CorsConfig | None = None
@@ -501,6 +502,9 @@ class GatewayConfig(Model):
     # Policy defaults for every route.
     timeout_ms: PositiveInt = 30000
     connect_timeout_ms: PositiveInt = 5000
+    # Longest silence allowed between two pieces of a response body (nginx's
+    # proxy_read_timeout); 0 = none, e.g. for event streams without heartbeats.
+    read_timeout_ms: NonNegativeInt = 60000
     max_body_size: NonNegativeInt = 10 * 1024 * 1024
     security_headers: SecurityHeadersConfig = Field(default_factory=SecurityHeadersConfig)
     cors: CorsConfig | None = None

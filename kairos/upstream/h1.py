@@ -40,6 +40,7 @@ from kairos.upstream.errors import (
     UpstreamConnectTimeout,
     UpstreamError,
     UpstreamReset,
+    UpstreamTimeout,
 )
 
 _HIGH_WATER = 256 * 1024
@@ -155,7 +156,7 @@ class Response:
     __slots__ = (
         "status", "_headers", "_conn", "_pool", "_key", "_head", "_chunks", "_buffered",
         "_done", "_error", "_waiter", "_keep_alive", "_interim", "_reading_paused",
-        "_eof_body", "_writer", "_head_only", "_released",
+        "_eof_body", "_writer", "_head_only", "_released", "read_timeout",
     )
 
     def __init__(self, conn: _Connection, pool: UpstreamPool, key: tuple[str, str, int], head_only: bool) -> None:
@@ -177,6 +178,8 @@ class Response:
         self._writer: asyncio.Task[None] | None = None
         self._head_only = head_only
         self._released = False
+        # Longest wait for the next piece of body (None: no limit). Set by the caller.
+        self.read_timeout: float | None = None
 
     @property
     def raw_headers(self) -> Headers:
@@ -256,8 +259,23 @@ class Response:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = self._conn.loop.create_future()
-            await self._waiter
+            loop = self._conn.loop
+            waiter = self._waiter = loop.create_future()
+            if self.read_timeout is None:
+                await waiter
+                continue
+            # A timer only while actually waiting: a body already buffered costs nothing.
+            timer = loop.call_later(self.read_timeout, self._read_timed_out, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+
+    def _read_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self._error = UpstreamTimeout(f"the upstream sent nothing for {self.read_timeout:g} s")
+            self._keep_alive = False
+            waiter.set_result(None)
 
     # aiohttp-compatible spelling used by callers that stream: response.content.readany()
     @property
