@@ -39,6 +39,7 @@ from kairos.edge import EdgeState
 from kairos.errors import GatewayError, error_body, rfc3339_now, send_error
 from kairos.middleware.access_log import AccessLog
 from kairos.middleware.cors import KEY as CORS_KEY
+from kairos.middleware.header_limits import HeaderLimits
 from kairos.middleware.request_id import RequestID
 from kairos.middleware.security_headers import SecurityHeaders, headers_for_error
 from kairos.observability import metrics
@@ -317,12 +318,16 @@ def create_app(config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str
 
     app = GatewayApp(
         routes=_health_endpoints(gateway),
-        middleware=[Middleware(RequestID), Middleware(SecurityHeaders, gateway=gateway)],
+        middleware=[
+            Middleware(RequestID),
+            Middleware(SecurityHeaders, gateway=gateway),
+            Middleware(HeaderLimits, gateway=gateway),
+        ],
         exception_handlers={Exception: internal_error, 500: internal_error, HTTPException: _http_exception},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
-    endpoint = AccessLog(GatewayEndpoint(gateway), gateway)
+    endpoint = AccessLog(HeaderLimits(GatewayEndpoint(gateway), gateway), gateway)
     app.router.default = endpoint
     # Proxied traffic: the same layers, without Starlette's routing and exception wrappers.
     app.proxy_stack = RequestID(SecurityHeaders(LastResort(endpoint, gateway), gateway=gateway))

@@ -17,6 +17,7 @@ STATUS = {
     "method_not_allowed": 405,
     "bad_request": 400,
     "payload_too_large": 413,
+    "header_too_large": 431,
     "authentication_error": 401,
     "rate_limit_exceeded": 429,
     "upstream": 502,

@@ -456,3 +456,26 @@ def test_read_timeout_zero_means_no_limit(gateway, upstream, sync_client):
     gw = gateway(cfg)
     r = sync_client.get(gw.url + "/t/stream?chunks=2&size=10&interval_ms=400")
     assert r.content == b"a" * 10 + b"b" * 10
+
+
+def test_too_many_or_too_large_headers_are_431(gw, upstream):
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(120))
+    status, headers, body = raw_request(gw.port, b"GET /api/users/1 HTTP/1.1\r\nHost: x\r\n" + many + b"Connection: close\r\n\r\n")
+    assert status == 431
+    assert json.loads(body)["type"] == "header_too_large"
+    assert dict(headers)["x-content-type-options"] == "nosniff"
+    big = b"X-Big: " + b"b" * 40000 + b"\r\n"
+    status, _, body = raw_request(gw.port, b"GET /api/users/1 HTTP/1.1\r\nHost: x\r\n" + big + b"Connection: close\r\n\r\n")
+    assert status == 431 and "bytes" in json.loads(body)["error"]
+    status, _, _ = raw_request(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"Connection: close\r\n\r\n")
+    assert status == 431
+    assert upstream.count == 0
+    status, _, _ = raw_request(gw.port, b"GET /api/users/1 HTTP/1.1\r\nHost: x\r\nX-Some: " + b"s" * 8000 + b"\r\nConnection: close\r\n\r\n")
+    assert status == 200
+
+
+def test_header_limits_can_be_lifted(gateway, upstream):
+    gw = gateway(config_for(upstream, server={"max_headers": 0, "max_header_bytes": 0}))
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(110))  # above our default, below the test upstream's own cap
+    status, _, _ = raw_request(gw.port, b"GET /api/users/1 HTTP/1.1\r\nHost: x\r\n" + many + b"Connection: close\r\n\r\n")
+    assert status == 200

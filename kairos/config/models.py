@@ -113,6 +113,9 @@ class ServerConfig(Model):
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     shutdown_timeout_s: NonNegativeFloat = 30.0
     shutdown_delay_s: NonNegativeFloat = 0.0
+    # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
+    max_headers: NonNegativeInt = 100
+    max_header_bytes: NonNegativeInt = 32768
 
 
 class LoggingConfig(Model):
