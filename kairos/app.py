@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

@@ -70,10 +70,7 @@ class Forwarder:
             raise self.unavailable()
         backend = self.backends[i]
         breaker = self.breakers[i]
-        path = route.template.render(scope["kairos.params"])
-        qs = scope.get("query_string")
-        if qs:
-            path = path + "?" + qs.decode("latin-1")
+        path = self.target(scope)
         headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
         body = request_body(receive) if has_body(scope) else None
         scope["kairos.backend"] = backend.address
@@ -92,9 +89,15 @@ class Forwarder:
                 raise
             self.answered(backend, breaker, gen, response.status)
             response.read_timeout = route.read_timeout_s
-            scope["kairos.bytes_out"] = await relay_response(scope, send, response, receive if body is None else None)
+            await relay_response(scope, send, response, receive if body is None else None)
         finally:
             backend.in_flight -= 1
+
+    def target(self, scope: Scope) -> str:
+        """The upstream request target: internal_path with the raw params, the query unchanged."""
+        path = self.route.template.render(scope["kairos.params"])
+        qs = scope.get("query_string")
+        return path + "?" + qs.decode("latin-1") if qs else path
 
     # ------------------------------------------------------------------ outcomes
     def failed(self, backend: Backend, breaker, gen: int, exc: UpstreamError) -> None:
@@ -139,10 +142,7 @@ class Forwarder:
         budget = policy.budget
         method = scope["method"]
         deadline = time.monotonic() + route.timeout_s
-        path = route.template.render(scope["kairos.params"])
-        qs = scope.get("query_string")
-        if qs:
-            path = path + "?" + qs.decode("latin-1")
+        path = self.target(scope)
         body: bytes | StreamedBody | None = None
         if has_body(scope):
             try:
@@ -212,7 +212,7 @@ class Forwarder:
                         try:
                             whole = receive if not isinstance(body, StreamedBody) else None
                             response.read_timeout = route.read_timeout_s
-                            scope["kairos.bytes_out"] = await relay_response(scope, send, response, whole)
+                            await relay_response(scope, send, response, whole)
                         finally:
                             backend.in_flight -= 1
                         return

@@ -186,8 +186,8 @@ async def _abort_on_disconnect(receive: Receive, response: Response) -> None:
     response.abort()
 
 
-async def relay_response(scope: Scope, send: Send, response: Response, receive: Receive | None = None) -> int:
-    """Stream the upstream's response to the client; returns the body bytes sent.
+async def relay_response(scope: Scope, send: Send, response: Response, receive: Receive | None = None) -> None:
+    """Stream the upstream's response to the client (the access log counts the bytes).
 
     `receive` is given when the request body has been read completely: then a long or
     endless response stops (and its upstream connection closes) when the client leaves.
@@ -204,7 +204,7 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
         )
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
-            return 0
+            return
         if receive is not None and _streams(response.raw_headers):
             watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
         read = response.read
@@ -221,7 +221,6 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
             )
             raise
         await send({"type": "http.response.body", "body": b""})
-        return sent
     finally:
         if watcher is not None:
             watcher.cancel()

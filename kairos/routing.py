@@ -71,10 +71,6 @@ class Pattern:
     shape: str
     static_count: int
 
-    @property
-    def has_path_capture(self) -> bool:
-        return bool(self.segments) and self.segments[-1][0] == PATH
-
 
 def _check_placeholder_body(body: str, placeholder: str, text: str, *, what: str) -> tuple[str, str]:
     """Split '{name:conv}' contents into (name, converter) and validate the name."""

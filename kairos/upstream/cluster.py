@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kairos.config.models import BackendConfig
 from kairos.observability.metrics import BACKEND_UP, BREAKER_STATE

@@ -277,13 +277,6 @@ class Response:
             self._keep_alive = False
             waiter.set_result(None)
 
-    # aiohttp-compatible spelling used by callers that stream: response.content.readany()
-    @property
-    def content(self) -> Response:
-        return self
-
-    readany = read
-
     def abort(self) -> None:
         """Stop now (the client left): the reader sees the end, the connection is closed."""
         if not self._done:
@@ -314,8 +307,6 @@ class Response:
             self._pool._put(self._key, conn)
         else:
             conn.close()
-
-    close = release
 
 
 class _Origin:
