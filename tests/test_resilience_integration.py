@@ -14,6 +14,7 @@ import pytest
 
 from kairos.app import Gateway as InProcessGateway
 from kairos.config import parse_config
+from tests.ops_helpers import metric_value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,6 +32,10 @@ def config(*routes, **top) -> dict:
 def seq(gw, n, path="/svc/echo", **kw) -> list[str]:
     with httpx.Client(base_url=gw.url, timeout=10, trust_env=False) as c:
         return [c.get(path, **kw).headers.get("x-upstream") for _ in range(n)]
+
+
+def scrape(gw, name, **labels) -> float:
+    return metric_value(httpx.get(gw.url + "/metrics", trust_env=False).text, name, **labels)
 
 
 def events(gw, name) -> list[dict]:
@@ -94,9 +99,12 @@ def test_active_health_checks_mark_down_and_up(make_upstream, gateway):
     a.healthy = False
     gw.wait_for_log(lambda r: r.get("event") == "backend_unhealthy" and r.get("backend", "").endswith(f":{a.port}"))
     assert seq(gw, 4) == ["up1"] * 4
+    assert scrape(gw, "kairos_backend_up", backend=a.url) == 0
+    assert scrape(gw, "kairos_backend_up", backend=b.url) == 1
     a.healthy = True
     gw.wait_for_log(lambda r: r.get("event") == "backend_healthy" and r.get("backend", "").endswith(f":{a.port}"))
     assert sorted(seq(gw, 4)) == ["up0", "up0", "up1", "up1"]
+    assert scrape(gw, "kairos_backend_up", backend=a.url) == 1
 
 
 def test_all_unhealthy_is_503_or_panic(make_upstream, gateway):
@@ -138,6 +146,7 @@ def test_breaker_open_half_open_probe_limit_closed(make_upstream, gateway):
         assert r.status_code == 503 and r.json()["type"] == "circuit_open"
         assert int(r.headers["retry-after"]) >= 1
         assert a.count == 2  # no network while open
+        assert scrape(gw, "kairos_circuit_breaker_state", backend=a.url) == 1  # open
     time.sleep(0.35)  # let reset_timeout_ms pass (no duration is asserted)
     a.set_delay(400)
 
@@ -153,6 +162,7 @@ def test_breaker_open_half_open_probe_limit_closed(make_upstream, gateway):
     assert refused.status_code == 503 and refused.json()["type"] == "circuit_open"
     a.set_delay(0)
     assert seq(gw, 3) == ["up0"] * 3  # closed again
+    assert scrape(gw, "kairos_circuit_breaker_state", backend=a.url) == 0  # closed
     moves = [(e["from"], e["to"]) for e in events(gw, "circuit_breaker")]
     assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -191,6 +201,8 @@ def test_retry_counts_and_different_backend(make_upstream, gateway):
         solo.fail_next(1)
         assert c.get("/solo/echo").status_code == 200
         assert solo.count == 2
+    assert scrape(gw, "kairos_retries_total", route="/svc/{rest:path}", reason="status") == 1
+    assert scrape(gw, "kairos_retries_total", route="/solo/{rest:path}", reason="status") == 3
 
 
 def test_post_not_retried_after_send_but_retried_on_refused(make_upstream, gateway):
