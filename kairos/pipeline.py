@@ -30,7 +30,7 @@ from kairos.proxy import (
 from kairos.types import ASGIApp, Receive, Scope, Send
 from kairos.upstream.breaker import OPEN, retry_after_header
 from kairos.upstream.client import UpstreamError
-from kairos.upstream.retry import StreamedBody, buffer_body
+from kairos.upstream.retry import MIN_ATTEMPT_S, StreamedBody, buffer_body
 
 if TYPE_CHECKING:
     from kairos.app import Gateway
@@ -184,7 +184,7 @@ class Forwarder:
                     if isinstance(body, StreamedBody) and body.started:
                         raise upstream_failure(exc, backend, scope) from None
                     delay = policy.delay(attempt)
-                    if time.monotonic() + delay >= deadline or not budget.try_acquire():
+                    if time.monotonic() + delay + MIN_ATTEMPT_S >= deadline or not budget.try_acquire():
                         raise upstream_failure(exc, backend, scope) from None
                     holding_retry = True
                     policy.counters[exc.kind].inc()
@@ -206,7 +206,7 @@ class Forwarder:
                         and not isinstance(body, StreamedBody)
                     ):
                         delay = policy.delay(attempt)
-                        if time.monotonic() + delay >= deadline or not budget.try_acquire():
+                        if time.monotonic() + delay + MIN_ATTEMPT_S >= deadline or not budget.try_acquire():
                             delay = -1.0
                     if delay < 0:
                         try:
