@@ -98,7 +98,7 @@ class Runtime:
 
 def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime | None = None) -> Runtime:
     """Build a complete Runtime; raises on any problem, before anything is swapped."""
-    from kairos.pipeline import build_pipeline
+    from kairos.proxy.forward import build_pipeline
 
     old = previous.backends if previous is not None else {}
     backends: dict[str, Backend] = {}

@@ -123,7 +123,7 @@ class StreamedBody:
 async def buffer_body(receive: Receive, limit: int) -> bytes | StreamedBody:
     """Read the request body into memory for replay, up to `limit` bytes; beyond that,
     return a StreamedBody that forwards the rest as it streams (not replayable)."""
-    from kairos.proxy import request_body
+    from kairos.proxy.exchange import request_body
 
     chunks: list[bytes] = []
     size = 0

@@ -18,7 +18,7 @@ from kairos.observability.metrics import count_upstream_error
 from kairos.middleware.auth import auth_layer
 from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
-from kairos.proxy import (
+from kairos.proxy.exchange import (
     ClientDisconnected,
     open_exchange,
     relay_response,
