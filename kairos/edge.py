@@ -18,7 +18,7 @@ from kairos.config.models import JwtConfig
 from kairos.ratelimit import MemoryCounters, MemoryTokenBucket, RedisBackend
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

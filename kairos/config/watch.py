@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kairos.observability.logging import log_event
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
 
 # Group the events of one write; under a constant stream of other events in the
 # directory (a log file next to the config) a batch is yielded at least this often.
@@ -43,7 +43,7 @@ class ConfigWatcher:
         return base == self.name or base.startswith("..")
 
     def start(self) -> None:
-        from kairos.app import _file_digest
+        from kairos.gateway import _file_digest
 
         if getattr(self.gateway, "config_digest", None) is None:
             self.gateway.config_digest = _file_digest(self.path)  # type: ignore[attr-defined]

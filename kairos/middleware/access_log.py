@@ -17,7 +17,7 @@ from kairos.observability.logging import access_log_writer, clock, redact_query
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
 
 _METHODS = frozenset(HTTP_METHODS)
 UNMATCHED = "unmatched"

@@ -20,9 +20,9 @@ from kairos.observability.metrics import AUTH_FAILURES
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
     from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.route import CompiledRoute
 
 _CHALLENGE = [(b"www-authenticate", b"Bearer")]
 _INVALID = [(b"www-authenticate", b'Bearer error="invalid_token"')]

@@ -20,7 +20,7 @@ from kairos.errors import GatewayError
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.runtime import CompiledRoute
+    from kairos.route import CompiledRoute
 
 _CLOSE = [(b"connection", b"close")]
 

@@ -19,7 +19,7 @@ from kairos.config.models import CorsConfig, GatewayConfig
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.runtime import CompiledRoute
+    from kairos.route import CompiledRoute
 
 KEY = "cors"  # CompiledRoute.extras key
 

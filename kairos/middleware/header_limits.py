@@ -15,7 +15,7 @@ from kairos.errors import send_error
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
 
 
 class HeaderLimits:

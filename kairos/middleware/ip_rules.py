@@ -14,9 +14,9 @@ from kairos.errors import GatewayError
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
     from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.route import CompiledRoute
 
 CACHE_SIZE = 4096
 

@@ -41,9 +41,9 @@ from kairos.ratelimit import (
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.gateway import Gateway
     from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.route import CompiledRoute
 
 LOG_INTERVAL_S = 30.0
 # After a Redis failure, requests skip Redis (and follow on_redis_error) this long

@@ -20,8 +20,8 @@ from kairos.config.models import GatewayConfig, SecurityHeadersConfig
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
-    from kairos.runtime import CompiledRoute
+    from kairos.gateway import Gateway
+    from kairos.route import CompiledRoute
 
 KEY = "security_headers"  # CompiledRoute.extras key
 

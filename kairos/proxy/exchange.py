@@ -1,24 +1,9 @@
-"""Forward one request to one backend and stream the answer back.
-
-Bodies stream both ways with bounded memory: the request body is handed to the
-upstream client as an async iterator over ASGI `http.request` messages, the
-response is relayed chunk by chunk as it arrives (SSE and chunked responses
-reach the client as they are produced, not at the end).
-"""
+"""The header facts of one proxied exchange: hop-by-hop filtering both ways, has-body."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator
-
-from kairos.errors import GatewayError
-from kairos.observability import metrics
-from kairos.observability.logging import log_event
-from kairos.types import Receive, Scope, Send
-from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
-from kairos.upstream.cluster import Backend
+from kairos.types import Scope
+from kairos.upstream.backend import Backend
 
 # RFC 9110 7.6.1 hop-by-hop headers, never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -34,10 +19,6 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-
-
-class ClientDisconnected(Exception):
-    """The client went away while its request body was being forwarded."""
 
 
 def _connection_listed(value: bytes | str) -> set[str]:
@@ -109,19 +90,6 @@ def has_body(scope: Scope) -> bool:
     return False
 
 
-async def request_body(receive: Receive) -> AsyncIterator[bytes]:
-    """The client's body, chunk by chunk as it arrives."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's headers minus hop-by-hop ones; repeated headers stay separate."""
     out = []
@@ -138,108 +106,3 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     return out
 
 
-async def open_exchange(
-    client: UpstreamClient,
-    scope: Scope,
-    backend: Backend,
-    path_and_query: str,
-    headers: list[tuple[bytes, bytes]],
-    body: AsyncIterator[bytes] | bytes | None,
-    timeout_s: float,
-    connect_timeout_s: float | None,
-) -> Response:
-    """Send the request and wait for the response headers, within `timeout_s` overall.
-
-    The caller (the Forwarder) counts the backend's in-flight requests, across the
-    whole exchange including the streamed response, and its errors per attempt."""
-    start = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout_s):
-            response = await client.request(
-                backend.scheme, backend.connect_host, backend.port, scope["method"], path_and_query,
-                headers, body, connect_timeout_s,
-            )
-    except TimeoutError:
-        raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
-    metrics.observe_upstream(backend.address, time.perf_counter() - start)
-    return response
-
-
-# A response with no length, or this long, is relayed with an eye on the client: if it
-# goes away, uvicorn's send() returns silently and an SSE stream would be read forever.
-_WATCH_ABOVE = 1024 * 1024
-
-
-def _streams(raw: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in raw:
-        if name.lower() == b"content-length":
-            try:
-                return int(value) > _WATCH_ABOVE
-            except ValueError:
-                return True
-    return True
-
-
-async def _abort_on_disconnect(receive: Receive, response: Response) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    response.abort()
-
-
-async def relay_response(scope: Scope, send: Send, response: Response, receive: Receive | None = None) -> None:
-    """Stream the upstream's response to the client (the access log counts the bytes).
-
-    `receive` is given when the request body has been read completely: then a long or
-    endless response stops (and its upstream connection closes) when the client leaves.
-    """
-    sent = 0
-    watcher: asyncio.Task[None] | None = None
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": response_headers(response.raw_headers),
-            }
-        )
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if receive is not None and _streams(response.raw_headers):
-            watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
-        read = response.read
-        try:
-            while chunk := await read():
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as exc:
-            # Too late for an error response: the client's connection is aborted (raising is
-            # the only honest way; ending the body cleanly would pass a truncation off as whole).
-            log_event(
-                "upstream_error", logging.WARNING, request_id=scope.get("kairos.request_id", ""),
-                backend=scope.get("kairos.backend"), kind=exc.kind, error=f"after {sent} body bytes: {exc}",
-            )
-            raise
-        await send({"type": "http.response.body", "body": b""})
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        response.release()
-
-
-def upstream_failure(exc: UpstreamError, backend: Backend, scope: Scope) -> GatewayError:
-    """The JSON error a client sees for a transport failure (the backend's address and the
-    details go to the log, with the request id: internal topology is not the client's business)."""
-    if exc.kind != "request_body":
-        route = scope.get("kairos.route")
-        log_event(
-            "upstream_error", logging.WARNING, request_id=scope.get("kairos.request_id", ""),
-            route=route.name if route is not None else None, backend=backend.address, kind=exc.kind, error=str(exc),
-        )
-    if isinstance(exc, UpstreamTimeout):
-        return GatewayError("timeout", "the upstream did not answer in time")
-    if exc.kind == "connect_timeout":
-        return GatewayError("timeout", "connecting to the upstream timed out")
-    if exc.kind == "connect":
-        return GatewayError("upstream", "the upstream refused or could not be reached")
-    return GatewayError("upstream", "the upstream closed or reset the connection")
