@@ -1,9 +1,10 @@
-"""The gateway's own endpoints: /health, /live, /ready, /metrics (served by Starlette)."""
+"""The gateway's own endpoints (/health, /live, /ready, /metrics) and Starlette's error
+handlers for them, in the gateway's JSON error shape. Served by Starlette (app.py)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,7 +15,9 @@ from starlette.routing import Route
 
 from kairos import __version__
 from kairos.errors import error_body, rfc3339_now
+from kairos.middleware.security_headers import headers_for_error
 from kairos.observability import metrics
+from kairos.observability.logging import log_event, redact
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
@@ -25,7 +28,7 @@ def _json(data: Mapping[str, Any], status: int = 200) -> Response:
                     headers={"cache-control": "no-store"})
 
 
-def _health_endpoints(gateway: Gateway) -> list[Route]:
+def own_routes(gateway: Gateway) -> list[Route]:
     def status_body(status: str) -> dict[str, Any]:
         return {
             "status": status,
@@ -63,7 +66,7 @@ def _health_endpoints(gateway: Gateway) -> list[Route]:
 _HTTP_KINDS = {404: "route_not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large"}
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
+async def http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own HTTP errors (e.g. POST /health -> 405) in the gateway's JSON shape."""
     assert isinstance(exc, HTTPException)
     kind = _HTTP_KINDS.get(exc.status_code, "bad_request")
@@ -72,3 +75,20 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     headers["cache-control"] = "no-store"
     return Response(body, status_code=exc.status_code, media_type="application/json", headers=headers)
 
+
+def internal_error_handler(gateway: Gateway) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        """Last resort: a JSON 500, never a traceback (the traceback goes to the log).
+
+        This handler runs outside the middleware stack, so it adds the request id and
+        the security headers itself.
+        """
+        rid = request.scope.get("kairos.request_id", "")
+        log_event("internal_error", 40, request_id=rid, error=redact(f"{exc.__class__.__name__}: {exc}"))
+        body = error_body("internal", "internal gateway error", rid)
+        response = Response(body, status_code=500, media_type="application/json", headers={"x-request-id": rid})
+        for name, value in headers_for_error(gateway, request.scope):
+            response.headers[name.decode("latin-1")] = value.decode("latin-1")
+        return response
+
+    return internal_error

@@ -1,24 +1,31 @@
-"""The gateway's live state: the current Runtime, reload (file watch, SIGHUP) and signals.
+"""The gateway's live state: the current Runtime, reload (file watch, SIGHUP), lifespan and signals.
 
 One `Gateway` per process. It owns the upstream pool, the edge state shared
 across reloads and the health probes; `swap()` compiles a config completely and
-replaces the running Runtime in one assignment.
+replaces the running Runtime in one assignment. Layers never see it: they get
+`LayerDeps` (kairos/deps.py), built here once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import gc
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+from kairos import __version__
 from kairos.config import ConfigError, GatewayConfig, load_config
+from kairos.config.watch import ConfigWatcher, file_digest
+from kairos.deps import LayerDeps
 from kairos.edge import EdgeState
 from kairos.observability import metrics
-from kairos.observability.logging import log_event, redact, set_level
+from kairos.observability.logging import access_log_writer, log_event, redact, set_level
 from kairos.runtime import Runtime, compile_runtime
 from kairos.upstream.client import UpstreamClient
 from kairos.upstream.cluster import forget_backends
@@ -30,14 +37,17 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
         self.config_path = config_path
+        self.config_digest: bytes | None = None  # of the file the running config was read from
         self.upstream = UpstreamClient()
         self.started_at = time.monotonic()
         self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by the lifespan (signal handlers use it)
         # Active health checks: background probe loops, started with the app.
         self.health = HealthSupervisor()
         self.health_running = False
         self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
-        self.runtime: Runtime = compile_runtime(config, self)
+        self.deps = LayerDeps(self.upstream, self.edge)
+        self.runtime: Runtime = compile_runtime(config, self.deps)
         self.edge.prune()
 
     @property
@@ -48,7 +58,7 @@ class Gateway:
         """Compile `config` completely, then replace the running one in one assignment."""
         previous = self.runtime
         try:
-            runtime = compile_runtime(config, self, previous=previous)
+            runtime = compile_runtime(config, self.deps, previous=previous)
         except BaseException:
             self.edge.prune(keep_all=True)
             raise
@@ -66,7 +76,38 @@ class Gateway:
 
         Returns True when the new config is live. Never raises: an operator's typo must not stop the gateway.
         """
-        return reload_gateway(self, trigger)
+        path = self.config_path
+        if path is None:
+            log_event("config_reload_skipped", logging.WARNING, trigger=trigger,
+                      reason="the app was built from an object, not a file")
+            return False
+        digest = file_digest(path)
+        if trigger == "file" and digest is not None and digest == self.config_digest:
+            return False  # an event without a change (touch, a second event for the same write)
+        old = self.runtime.config
+        try:
+            config = load_config(path)
+            self.swap(config)
+        except ConfigError as exc:
+            metrics.count_reload("error")
+            log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
+                      problems=[redact(p) for p in exc.problems], kept="previous config")
+            return False
+        except Exception as exc:  # a compile step failing must not take the gateway down
+            metrics.count_reload("error")
+            log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
+                      problems=[redact(f"{exc.__class__.__name__}: {exc}")], kept="previous config")
+            return False
+        self.config_digest = digest
+        metrics.count_reload("success")
+        if config.logging.level != old.logging.level:
+            set_level(config.logging.level)
+        fields: dict[str, Any] = {}
+        if config.server != old.server:
+            changed = [k for k in type(config.server).model_fields if getattr(config.server, k) != getattr(old.server, k)]
+            fields["restart_required_for"] = [f"server.{k}" for k in changed if k in ("host", "port")]
+        log_event("config_reloaded", trigger=trigger, source=path, routes=len(self.runtime.routes), **fields)
+        return True
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -80,11 +121,40 @@ class Gateway:
         await self.edge.aclose()
         await self.upstream.aclose()
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Start the pool, probes and config watch; on the way out drain, stop and flush."""
+        self.loop = asyncio.get_running_loop()
+        await self.start()
+        # What is alive now (modules, config, compiled routes) lives as long as the process:
+        # freezing it keeps it out of every later full collection. Before, a loaded gateway
+        # paused ~40 ms for a gen-2 scan every ~0.3 s (p99 67 ms at 64 connections; 14 ms after).
+        gc.collect()
+        gc.freeze()
+        metrics.set_build_info(__version__)
+        adopt_server_signals(self)
+        watcher = None
+        if self.config_path:
+            if self.config_digest is None:
+                self.config_digest = file_digest(self.config_path)
+            watcher = ConfigWatcher(self.config_path, self.reload)
+            watcher.start()
+        log_event("startup", routes=len(self.runtime.routes), version=__version__, pid=os.getpid(),
+                  config=self.config_path)
+        try:
+            yield
+        finally:
+            self.draining = True
+            if watcher is not None:
+                await watcher.stop()
+            await self.aclose()
+            access_log_writer.flush()
+            metrics.mark_dead(os.getpid())
+            log_event("shutdown", pid=os.getpid())
+
 
 def _close_later(coro: Any) -> None:
     """Close a resource the new config no longer uses, without holding up the swap."""
-    import asyncio
-
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -98,51 +168,6 @@ def _close_later(coro: Any) -> None:
 _CLOSING: set[Any] = set()
 
 
-# --------------------------------------------------------------------------- reload
-
-
-def _file_digest(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).digest()
-    except OSError:
-        return None
-
-
-def reload_gateway(gateway: Gateway, trigger: str) -> bool:
-    path = gateway.config_path
-    if path is None:
-        log_event("config_reload_skipped", logging.WARNING, trigger=trigger, reason="the app was built from an object, not a file")
-        return False
-    digest = _file_digest(path)
-    if trigger == "file" and digest is not None and digest == getattr(gateway, "config_digest", None):
-        return False  # an event without a change (touch, a second event for the same write)
-    old = gateway.runtime.config
-    try:
-        config = load_config(path)
-        gateway.swap(config)
-    except ConfigError as exc:
-        metrics.count_reload("error")
-        log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
-                  problems=[redact(p) for p in exc.problems], kept="previous config")
-        return False
-    except Exception as exc:  # a compile step failing must not take the gateway down
-        metrics.count_reload("error")
-        log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
-                  problems=[redact(f"{exc.__class__.__name__}: {exc}")], kept="previous config")
-        return False
-    gateway.config_digest = digest  # type: ignore[attr-defined]
-    metrics.count_reload("success")
-    if config.logging.level != old.logging.level:
-        set_level(config.logging.level)
-    fields: dict[str, Any] = {}
-    if config.server != old.server:
-        changed = [k for k in type(config.server).model_fields if getattr(config.server, k) != getattr(old.server, k)]
-        fields["restart_required_for"] = [f"server.{k}" for k in changed if k in ("host", "port")]
-    log_event("config_reloaded", trigger=trigger, source=path, routes=len(gateway.runtime.routes), **fields)
-    return True
-
-
 # --------------------------------------------------------------------------- signals
 
 
@@ -154,7 +179,7 @@ def install_signal_handlers(gateway: Gateway, server: Any) -> dict[int, Any]:
     """
 
     def loop() -> asyncio.AbstractEventLoop | None:
-        lp = getattr(gateway, "loop", None)
+        lp = gateway.loop
         return lp if lp is not None and not lp.is_closed() else None
 
     def on_term(sig: int, frame: Any) -> None:

@@ -1,4 +1,4 @@
-"""The compiled config: router, routes with their pipelines, clusters and backends.
+"""Compile a config into a Runtime: router, routes with their layer chains, clusters and backends.
 
 One immutable `Runtime` serves requests; a reload compiles a complete new one
 and the gateway swaps the reference in one assignment. A request reads the
@@ -10,10 +10,12 @@ counts, health, breaker).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from kairos.clientip import ClientIdentity
 from kairos.config.models import CircuitBreakerConfig, GatewayConfig, HealthCheckConfig, RouterConfig
+from kairos.deps import LayerDeps
+from kairos.layers import build_chain
+from kairos.middleware.security_headers import compile_for_route
 from kairos.observability.logging import log_event
 from kairos.route import CompiledRoute
 from kairos.routing import Router
@@ -23,9 +25,6 @@ from kairos.upstream.breaker import NO_BREAKER, CircuitBreaker, NoBreaker
 from kairos.upstream.cluster import Cluster
 from kairos.upstream.health import HealthSpec
 from kairos.upstream.outlier import OutlierDetector
-
-if TYPE_CHECKING:
-    from kairos.gateway import Gateway
 
 
 class Runtime:
@@ -47,10 +46,10 @@ class Runtime:
         self.identity = ClientIdentity(config.server.trusted_proxies)
 
 
-def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime | None = None) -> Runtime:
-    """Build a complete Runtime; raises on any problem, before anything is swapped."""
-    from kairos.proxy.forward import build_pipeline
+def compile_runtime(config: GatewayConfig, deps: LayerDeps, previous: Runtime | None = None) -> Runtime:
+    """Build a complete Runtime; raises on any problem, before anything is swapped.
 
+    Calls downward only: clusters (upstream/), then each route's chain (layers.py)."""
     old = previous.backends if previous is not None else {}
     backends: dict[str, Backend] = {}
     configured: dict[str, CircuitBreakerConfig] = {}
@@ -78,7 +77,9 @@ def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime |
         routes.append(CompiledRoute(index, rc, config, cluster))
         _collect_health_checks(rc, members, health_checks)
     for route in routes:
-        route.pipeline = build_pipeline(route, config, gateway)
+        # Security headers are applied by the global layer from this compiled set (docs/architecture.md).
+        compile_for_route(route)
+        route.pipeline = build_chain(route, deps)
     return Runtime(config, routes, backends, health_checks)
 
 

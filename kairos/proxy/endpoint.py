@@ -8,26 +8,26 @@ from urllib.parse import quote
 from kairos.errors import GatewayError, send_error
 from kairos.middleware.cors import KEY as CORS_KEY
 from kairos.observability.logging import log_event, redact
+from kairos.proxy.exchange import EXCHANGE, exchange_of
 from kairos.routing import MethodNotAllowed, UnsafePath
-from kairos.types import ASGIApp, Message, Receive, Scope, Send
+from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.gateway import Gateway
-    from kairos.runtime import Runtime
+    from kairos.deps import CompiledConfig, RuntimeSource
 
 
 class GatewayEndpoint:
-    """The catch-all: match the compiled router, then run the route's own pipeline."""
+    """The catch-all: match the compiled router, then run the route's own chain (kairos/layers.py)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, source: RuntimeSource) -> None:
+        self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1003, "reason": "websocket proxying is not supported yet"})
             return
-        runtime = self.gateway.runtime  # read once: a reload does not change this request's config
+        runtime = self.source.runtime  # read once: a reload does not change this request's config
         try:
             # Before matching, so 404s are logged with the client and get HSTS behind a TLS proxy.
             scope["kairos.client_ip"] = runtime.identity.resolve(scope)
@@ -44,14 +44,23 @@ class GatewayEndpoint:
             route = match.target
             scope["kairos.route"] = route
             scope["kairos.params"] = match.params
-            await route.pipeline(scope, receive, send)
+            exchange = scope.get(EXCHANGE)
+            mark = len(exchange.hooks) if exchange is not None else 0
+            try:
+                await route.pipeline(scope, receive, send)
+            except BaseException:
+                # The route's layers decorate the responses they pass on, not the error
+                # answered for them out here (as when each one wrapped `send`).
+                if exchange is not None:
+                    exchange.drop_hooks_after(mark)
+                raise
         except GatewayError as exc:
             # Raised only before the response starts (layers send their own errors after).
             scope["kairos.error"] = exc.kind
             await send_error(scope, send, exc.kind, exc.message, exc.headers)
 
     @staticmethod
-    async def method_not_allowed(scope: Scope, send: Send, runtime: Runtime, path: str, match: MethodNotAllowed) -> None:
+    async def method_not_allowed(scope: Scope, send: Send, runtime: CompiledConfig, path: str, match: MethodNotAllowed) -> None:
         """405, counted under the route whose path matched; a CORS preflight on that route is answered 204.
 
         (Preflights are OPTIONS requests, and few routes list OPTIONS among their methods.)
@@ -97,25 +106,16 @@ class LastResort:
     """A JSON 500 for an unexpected exception before the response started; after that,
     the exception propagates and the server closes the connection (nothing else is honest)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        exchange, send = exchange_of(scope, send)  # it knows whether the response has started
         try:
-            await self.app(scope, receive, send_tracked)
+            await self.app(scope, receive, send)
         except Exception as exc:
-            if started:
+            if exchange.started:
                 raise
             rid = scope.get("kairos.request_id", "")
             log_event("internal_error", 40, request_id=rid, error=redact(f"{exc.__class__.__name__}: {exc}"))
             await send_error(scope, send, "internal", "internal gateway error")
-

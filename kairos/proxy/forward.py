@@ -14,25 +14,22 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
-from kairos.middleware.auth import auth_layer
-from kairos.middleware.ip_rules import ip_rules_layer
-from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
 from kairos.observability.metrics import count_upstream_error
 from kairos.proxy.body import ClientDisconnected, StreamedBody, buffer_body, request_body
-from kairos.proxy.exchange import has_body, response_headers, upstream_headers
-from kairos.types import ASGIApp, Receive, Scope, Send
+from kairos.proxy.exchange import EXCHANGE, has_body, response_headers, upstream_headers
+from kairos.types import Receive, Scope, Send
 from kairos.upstream.backend import Backend
 from kairos.upstream.breaker import OPEN, retry_after_header
 from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
 from kairos.upstream.retry import MIN_ATTEMPT_S
 
 if TYPE_CHECKING:
-    from kairos.gateway import Gateway
+    from kairos.deps import LayerDeps, Wrap
     from kairos.route import CompiledRoute
+    from kairos.upstream.breaker import CircuitBreaker, NoBreaker
 
 
 async def open_exchange(
@@ -142,22 +139,33 @@ def upstream_failure(exc: UpstreamError, backend: Backend, scope: Scope) -> Gate
     return GatewayError("upstream", "the upstream closed or reset the connection")
 
 
+class AttemptFailed(Exception):
+    """An attempt's transport failure, with the backend it was made to (already recorded
+    against that backend's breaker and outlier detector)."""
+
+    def __init__(self, error: UpstreamError, backend: Backend, index: int) -> None:
+        self.error = error
+        self.backend = backend
+        self.index = index
+
+
 class Forwarder:
     """The end of every route's chain: pick a backend, forward, stream the answer back.
 
-    Per attempt: the balancer picks among available backends (healthy, not
-    ejected, breaker letting through), the backend's in-flight count spans the
-    whole exchange (response streaming included), and the outcome feeds the
-    backend's breaker and the route's outlier detector. A route without a
-    `retry` block makes exactly one attempt; with one, `_with_retries` runs the
-    loop (backoff, budget, overall deadline, a different backend per retry).
+    `attempt()` is the one try, used by both paths: the balancer picks among
+    available backends (healthy, not ejected, breaker letting through), the
+    request goes out, and the outcome feeds the backend's breaker and the route's
+    outlier detector. The backend's in-flight count spans the whole exchange
+    (response streaming included). A route without a `retry` block makes exactly
+    one attempt; with one, `_with_retries` runs the loop (backoff, budget, overall
+    deadline, a different backend per retry).
     """
 
-    __slots__ = ("route", "gateway", "balancer", "backends", "breakers", "outlier")
+    __slots__ = ("route", "client", "balancer", "backends", "breakers", "outlier")
 
-    def __init__(self, route: CompiledRoute, gateway: Gateway) -> None:
+    def __init__(self, route: CompiledRoute, client: UpstreamClient) -> None:
         self.route = route
-        self.gateway = gateway
+        self.client = client
         cluster = route.cluster
         self.balancer = cluster.balancer
         self.backends = cluster.backends
@@ -169,33 +177,55 @@ class Forwarder:
         if route.retry is not None:
             await self._with_retries(scope, receive, send)
             return
-        i = self.balancer.pick_index(scope)
-        if i < 0:
-            raise self.unavailable()
-        backend = self.backends[i]
-        breaker = self.breakers[i]
-        path = self.target(scope)
-        headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
-        body = request_body(receive) if has_body(scope) else None
-        scope["kairos.backend"] = backend.address
-        gen = breaker.acquire()
-        backend.in_flight += 1
+        body = request_body(receive) if _has_body(scope) else None
         try:
-            try:
-                response = await open_exchange(
-                    self.gateway.upstream, scope, backend, path, headers, body, route.timeout_s, route.connect_timeout_s
-                )
-            except UpstreamError as exc:
-                self.failed(backend, breaker, gen, exc)
-                raise upstream_failure(exc, backend, scope) from None
-            except BaseException:
-                breaker.release(gen)
-                raise
-            self.answered(backend, breaker, gen, response.status)
+            _, backend, response = await self.attempt(scope, self.target(scope), body, route.timeout_s)
+        except AttemptFailed as failed:
+            raise upstream_failure(failed.error, failed.backend, scope) from None
+        try:
             response.read_timeout = route.read_timeout_s
             await relay_response(scope, send, response, receive if body is None else None)
         finally:
             backend.in_flight -= 1
+
+    async def attempt(
+        self,
+        scope: Scope,
+        path: str,
+        body: AsyncIterator[bytes] | bytes | StreamedBody | None,
+        timeout_s: float,
+        exclude: int = -1,
+    ) -> tuple[int, Backend, Response]:
+        """One try: pick a backend (not the one at index `exclude`), send, wait for the response
+        head, record the verdict; returns the backend's index, the backend and the response.
+
+        On success the backend's in-flight count stays raised: the caller lowers it once the
+        response is relayed or released. A transport failure raises AttemptFailed (recorded,
+        in-flight count lowered); no usable backend raises the GatewayError to answer."""
+        i = self.balancer.pick_index(scope, exclude)
+        if i < 0:
+            raise self.unavailable()
+        route = self.route
+        backend = self.backends[i]
+        breaker = self.breakers[i]
+        headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
+        scope["kairos.backend"] = backend.address
+        gen = breaker.acquire()
+        backend.in_flight += 1
+        try:
+            response = await open_exchange(
+                self.client, scope, backend, path, headers, body, timeout_s, route.connect_timeout_s
+            )
+        except UpstreamError as exc:
+            backend.in_flight -= 1
+            self.failed(backend, breaker, gen, exc)
+            raise AttemptFailed(exc, backend, i) from None
+        except BaseException:
+            backend.in_flight -= 1
+            breaker.release(gen)
+            raise
+        self.answered(backend, breaker, gen, response.status)
+        return i, backend, response
 
     def target(self, scope: Scope) -> str:
         """The upstream request target: internal_path with the raw params, the query unchanged."""
@@ -204,7 +234,7 @@ class Forwarder:
         return path + "?" + qs.decode("latin-1") if qs else path
 
     # ------------------------------------------------------------------ outcomes
-    def failed(self, backend: Backend, breaker, gen: int, exc: UpstreamError) -> None:
+    def failed(self, backend: Backend, breaker: CircuitBreaker | NoBreaker, gen: int, exc: UpstreamError) -> None:
         if exc.kind == "request_body":  # the client's body broke: not the backend's fault
             breaker.release(gen)
             return
@@ -213,7 +243,7 @@ class Forwarder:
         if self.outlier is not None:
             self.outlier.failure(backend)
 
-    def answered(self, backend: Backend, breaker, gen: int, status: int) -> None:
+    def answered(self, backend: Backend, breaker: CircuitBreaker | NoBreaker, gen: int, status: int) -> None:
         breaker.record_status(gen, status)
         if status >= 500:
             count_upstream_error(backend.address, "status")
@@ -248,7 +278,7 @@ class Forwarder:
         deadline = time.monotonic() + route.timeout_s
         path = self.target(scope)
         body: bytes | StreamedBody | None = None
-        if has_body(scope):
+        if _has_body(scope):
             try:
                 body = await buffer_body(receive, policy.buffer_bytes)
             except ClientDisconnected:
@@ -260,24 +290,12 @@ class Forwarder:
         exclude = -1
         try:
             while True:
-                i = self.balancer.pick_index(scope, exclude)
-                if i < 0:
-                    raise self.unavailable()
-                backend = self.backends[i]
-                breaker = self.breakers[i]
-                headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
-                scope["kairos.backend"] = backend.address
                 remaining = deadline - time.monotonic()
                 timeout = remaining if policy.per_try_s is None else min(policy.per_try_s, remaining)
-                gen = breaker.acquire()
-                backend.in_flight += 1
                 try:
-                    response = await open_exchange(
-                        self.gateway.upstream, scope, backend, path, headers, body, timeout, route.connect_timeout_s
-                    )
-                except UpstreamError as exc:
-                    backend.in_flight -= 1
-                    self.failed(backend, breaker, gen, exc)
+                    i, backend, response = await self.attempt(scope, path, body, timeout, exclude)
+                except AttemptFailed as failed:
+                    exc, backend = failed.error, failed.backend
                     if holding_retry:
                         budget.release()
                         holding_retry = False
@@ -292,16 +310,12 @@ class Forwarder:
                         raise upstream_failure(exc, backend, scope) from None
                     holding_retry = True
                     policy.counters[exc.kind].inc()
-                except BaseException:
-                    backend.in_flight -= 1
-                    breaker.release(gen)
-                    raise
+                    i = failed.index
                 else:
                     if holding_retry:
                         budget.release()
                         holding_retry = False
                     status = response.status
-                    self.answered(backend, breaker, gen, status)
                     delay = -1.0
                     if (
                         status in policy.statuses
@@ -334,17 +348,11 @@ class Forwarder:
                 budget.release()
 
 
-def build_pipeline(route: CompiledRoute, config: GatewayConfig, gateway: Gateway) -> ASGIApp:
-    from kairos.middleware.body_limit import body_limit_layer
-    from kairos.middleware.cors import cors_layer
-    from kairos.middleware.security_headers import compile_for_route
+def _has_body(scope: Scope) -> bool:
+    exchange = scope.get(EXCHANGE)
+    return exchange.has_body if exchange is not None else has_body(scope)
 
-    # Security headers are applied by the global layer from this compiled set (docs/architecture.md).
-    compile_for_route(route, config)
-    app: ASGIApp = Forwarder(route, gateway)
-    app = ratelimit_layer(route, config, gateway, app)
-    app = auth_layer(route, config, gateway, app)
-    app = body_limit_layer(app, route, config)
-    app = cors_layer(app, route, config)
-    app = ip_rules_layer(route, config, gateway, app)
-    return app
+
+def forward_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap:
+    """The Forwarder ends every chain: the app after it is never called."""
+    return lambda _end: Forwarder(route, deps.upstream)
