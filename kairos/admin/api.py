@@ -8,6 +8,7 @@ summary of the difference (route ids and setting names, never values).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import logging
@@ -502,7 +503,7 @@ def create_admin_app(state: AdminState) -> Starlette:
                   error=redact(f"{exc.__class__.__name__}: {exc}"), where="admin")
         return error_response(request, Problem(500, "internal admin error"))
 
-    @asynccontext
+    @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         state.sampler.start()
         try:
@@ -517,8 +518,3 @@ def create_admin_app(state: AdminState) -> Starlette:
     app.state.operations = operations
     return RequestID(AdminHeaders(app))  # type: ignore[return-value]
 
-
-def asynccontext(fn):
-    import contextlib
-
-    return contextlib.asynccontextmanager(fn)

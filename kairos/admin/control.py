@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -207,10 +205,3 @@ class SupervisorControl:
     def drain(self, address: str, drained: bool) -> bool:
         raise NotSupported("drain is available with one worker process only (see docs/admin.md)")
 
-
-def log_admin(**fields: Any) -> None:
-    log_event("admin", logging.INFO, **fields)
-
-
-def pid() -> int:
-    return os.getpid()
