@@ -1,4 +1,4 @@
-"""The `kairos` command: serve, validate, routes, schema."""
+"""The `kairos` command: serve, validate, routes, schema; match, status, diff, apply, drain (kairos.admin.client)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
+    if args.admin or args.path is None:
+        from kairos.admin.client import cmd_routes_online
+
+        return cmd_routes_online(args)
     config = _load_or_exit(args.path)
     rows = [("METHODS", "EXTERNAL PATH", "BACKENDS -> INTERNAL PATH", "STRATEGY", "AUTH")]
     for r in config.routers:
@@ -236,9 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path")
     validate.set_defaults(func=cmd_validate)
 
-    routes = sub.add_parser("routes", help="print a config's route table")
-    routes.add_argument("path")
+    routes = sub.add_parser("routes", help="print a config's route table (or a running gateway's, with --admin)")
+    routes.add_argument("path", nargs="?")
+    routes.add_argument("--admin", help="admin API URL (token from $KAIROS_ADMIN_TOKEN)")
+    routes.add_argument("--json", action="store_true", help="JSON output (with --admin)")
     routes.set_defaults(func=cmd_routes)
+
+    from kairos.admin.client import add_commands
+
+    add_commands(sub)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -246,8 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kairos.admin.client import CliExit
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliExit as exc:
+        if exc.message:
+            print(f"kairos: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":
