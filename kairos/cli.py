@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn's httptools protocol + server.request_header_timeout_ms
+        http="kairos.server:HeadTimeoutProtocol",
     )
     if workers > 1:
         return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options))  # type: ignore[arg-type]
