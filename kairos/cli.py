@@ -93,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn's httptools protocol + server.request_header_timeout_ms
+        http="kairos.server:HeadTimeoutProtocol",
     )
     admin_sock = _admin_socket(config)
     if workers > 1:
