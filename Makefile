@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export PIP_ROOT_USER_ACTION = ignore
 
-.PHONY: install run test bench compose-check validate
+.PHONY: install run test test-unit test-integration bench compose-check validate
 
 # Editable install with the test extras; skipped when already done since pyproject.toml last changed.
 install:
@@ -29,8 +29,16 @@ run: install
 	echo "gateway on http://127.0.0.1:5900  (try: curl localhost:5900/api/users/42)"; \
 	kairos serve --config $(CONFIG)
 
+# Both tiers in one run, the fast one first: tests/unit (in process, no subprocesses, ~10 s),
+# then tests/integration (real upstreams, gateway subprocesses, redis). See docs/architecture.md, "Tests".
 test:
-	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120 tests/unit tests/integration
+
+test-unit:
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=60 tests/unit
+
+test-integration:
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120 tests/integration
 
 # Installs nginx and wrk with apt-get when missing; results in bench/results/latest.json and docs/performance.png.
 bench: install
