@@ -177,7 +177,8 @@ class Forwarder:
         if route.retry is not None:
             await self._with_retries(scope, receive, send)
             return
-        body = request_body(receive) if _has_body(scope) else None
+        exchange = scope.get(EXCHANGE)
+        body = request_body(receive) if (exchange.has_body if exchange is not None else has_body(scope)) else None
         try:
             _, backend, response = await self.attempt(scope, self.target(scope), body, route.timeout_s)
         except AttemptFailed as failed:
@@ -278,7 +279,8 @@ class Forwarder:
         deadline = time.monotonic() + route.timeout_s
         path = self.target(scope)
         body: bytes | StreamedBody | None = None
-        if _has_body(scope):
+        exchange = scope.get(EXCHANGE)
+        if exchange.has_body if exchange is not None else has_body(scope):
             try:
                 body = await buffer_body(receive, policy.buffer_bytes)
             except ClientDisconnected:
@@ -346,11 +348,6 @@ class Forwarder:
             budget.requests -= 1
             if holding_retry:
                 budget.release()
-
-
-def _has_body(scope: Scope) -> bool:
-    exchange = scope.get(EXCHANGE)
-    return exchange.has_body if exchange is not None else has_body(scope)
 
 
 def forward_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap:

@@ -69,7 +69,7 @@ async def test_a_proxied_response_crosses_one_send_wrapper():
         return {"type": "http.request", "body": b"", "more_body": False}
 
     await app(scope, receive, server_send)
-    assert callers and all(c == (Exchange.send.__qualname__, "relay_response") for c in callers), callers
+    assert callers and all(c == ("Exchange.wrap.<locals>.exchange_send", "relay_response") for c in callers), callers
     assert scope["kairos.exchange"].status == 200
     await app.state.gateway.aclose()
 
@@ -87,4 +87,42 @@ async def test_headers_from_every_hook_still_arrive(upstream):
     assert r.headers["access-control-allow-origin"] == "https://a.example"
     assert r.headers["x-ratelimit-limit"] == "100"
     assert r.headers["x-content-type-options"] == "nosniff"
+    await app.state.gateway.aclose()
+
+
+async def test_a_proxied_request_leaves_no_reference_cycles(upstream):
+    """Per-request objects are freed by reference counting, not left to the garbage collector
+    (a cycle per request made every request measurably slower)."""
+    import gc
+
+    app = kairos.create_app({
+        "cors": {"allowed_origins": ["https://a.example"]},
+        "rate_limit": {"strategy": "PerIP", "requests_per_window": 1000, "window_duration": 60},
+        "routers": [{"external_path": "/api/{rest:path}", "internal_path": "/{rest}", "methods": ["GET", "POST"],
+                     "host": upstream.host, "port": upstream.port}],
+    })
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def server_send(message):
+        pass
+
+    def scope(method: str) -> dict:
+        headers = [(b"host", b"gw"), (b"origin", b"https://a.example")]
+        if method == "POST":
+            headers.append((b"content-length", b"2"))
+        return {"type": "http", "method": method, "path": "/api/x", "raw_path": b"/api/x", "query_string": b"",
+                "root_path": "", "headers": headers, "client": ("127.0.0.1", 1234), "scheme": "http",
+                "http_version": "1.1"}
+
+    await app(scope("GET"), receive, server_send)  # warm caches first
+    gc.collect()
+    gc.disable()
+    try:
+        for method in ("GET", "POST", "GET", "POST"):
+            await app(scope(method), receive, server_send)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
     await app.state.gateway.aclose()
