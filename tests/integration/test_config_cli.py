@@ -6,17 +6,7 @@ import json
 import subprocess
 import sys
 
-
-def route(**over):
-    r = {
-        "external_path": "/api/users/{id}",
-        "internal_path": "/users/{id}",
-        "methods": ["GET"],
-        "host": "http://127.0.0.1",
-        "port": 3001,
-    }
-    r.update(over)
-    return r
+from tests.unit.test_config import route
 
 
 # --- the command line ---------------------------------------------------------------------------
