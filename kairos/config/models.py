@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.compression import CompressionConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -428,6 +429,7 @@ class RouterConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
+    compression: CompressionConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -514,6 +516,7 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    compression: CompressionConfig | None = None
 
     @field_validator("version")
     @classmethod
