@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
@@ -430,6 +431,7 @@ class RouterConfig(Model):
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
     compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -517,6 +519,7 @@ class GatewayConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
 
     @field_validator("version")
     @classmethod
