@@ -357,3 +357,52 @@ def test_config_block_and_errors():
     text = str(err.value)
     for path in ("cache.ttl_secs", "cache.backend", "cache.max_size", "cache.key.extra", "cache.redis_url"):
         assert path in text
+
+
+# --------------------------------------------------------------------------- Redis store, real redis-server
+def redis_layer(origin, url, **cfg):
+    import redis.asyncio as aioredis
+
+    stores = CacheStores(lambda u: aioredis.Redis.from_url(u, socket_connect_timeout=0.5, socket_timeout=0.5))
+    return cache_layer(origin, "/r/{id}", CacheConfig(enabled=True, backend="redis", **cfg), stores, url)
+
+
+async def test_redis_entries_are_shared_expired_by_redis_and_purged(redis_clean):
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    one, two = redis_layer(origin, redis_clean), redis_layer(origin, redis_clean)
+    assert (await get(one))[1]["x-cache"] == "MISS"
+    assert (await get(two))[1]["x-cache"] == "HIT"  # another instance sees it
+    ttl = int(redis_clean.command("PTTL", "kairos_cache:/r/{id} /r/1"))
+    assert 0 < ttl <= 60_000
+    await get(one, path="/r/2")
+    assert await one.store.purge(route="/r/{id}", key_prefix="/r/1") == 1
+    assert (await get(two))[1]["x-cache"] == "MISS"
+    assert (await get(two, path="/r/2"))[1]["x-cache"] == "HIT"
+    assert await two.store.purge() == 2
+
+
+async def test_redis_coalescing_across_instances(redis_clean):
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    origin.delay = 0.2
+    instances = [redis_layer(origin, redis_clean) for _ in range(2)]
+    results = await asyncio.gather(*[get(instances[i % 2]) for i in range(20)])
+    assert len(origin.calls) == 1
+    assert all(b == b"hello" for _, _, b in results)
+
+
+async def test_redis_outage_bypasses_and_recovers(redis_clean):
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    app = redis_layer(origin, redis_clean)
+    await get(app)
+    redis_clean.stop()
+    try:
+        s, h, b = await get(app)
+        assert (s, h["x-cache"], b) == (200, "BYPASS", b"hello")
+        s, h, b = await get(app)
+        assert (s, h["x-cache"]) == (200, "BYPASS")
+    finally:
+        redis_clean.start()
+    app.store._paused_until = 0  # skip the one-second pause instead of sleeping through it
+    s, h, b = await get(app)
+    assert h["x-cache"] == "MISS"
+    assert (await get(app))[1]["x-cache"] == "HIT"

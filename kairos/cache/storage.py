@@ -39,7 +39,7 @@ class StoredEntry:
     """One stored response variant."""
 
     __slots__ = ("id", "base", "extras", "request_headers", "status", "headers", "body", "stored_at",
-                 "keep_until", "size", "view")
+                 "keep_until", "size", "view", "meta")
 
     def __init__(self, base: str, extras: str, request_headers: dict[str, list[str]], status: int,
                  headers: list[tuple[bytes, bytes]], body: bytes, stored_at: float, keep_until: float,
@@ -55,6 +55,7 @@ class StoredEntry:
         self.keep_until = keep_until
         self.size = len(body) + sum(len(n) + len(v) for n, v in headers) + ENTRY_OVERHEAD
         self.view: Any = None  # the hishel Entry built from it, cached by the layer
+        self.meta: Any = None  # figures the layer derives from the view once
 
     def replacing(self, headers: list[tuple[bytes, bytes]], stored_at: float, keep_until: float) -> StoredEntry:
         """The same variant with refreshed headers (after a 304)."""
