@@ -39,7 +39,6 @@ from urllib.parse import unquote_plus
 from hishel import (
     CacheMiss,
     CacheOptions,
-    CouldNotBeStored,
     Entry,
     FromCache,
     Headers,
