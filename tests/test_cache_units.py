@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kairos.cache import CacheStores, MemoryStore, cache_layer
+from kairos.cache import Cache, CachePolicy, CacheStores, MemoryStore
 from kairos.cache.storage import StoredEntry
 from kairos.config.cache import CacheConfig
 from kairos.config.models import GatewayConfig
@@ -41,9 +41,13 @@ class Origin:
             await send({"type": "http.response.body", "body": b""})
 
 
+def build(origin, config, stores, redis_url=""):
+    store, inflight, refreshing = stores.store_for(config, redis_url)
+    return Cache(origin, CachePolicy("/r/{id}", config), store, inflight, refreshing)
+
+
 def layer(origin, **cfg):
-    config = CacheConfig(enabled=True, **cfg)
-    return cache_layer(origin, "/r/{id}", config, CacheStores(), "")
+    return build(origin, CacheConfig(enabled=True, **cfg), CacheStores())
 
 
 async def get(app, path="/r/1", method="GET", headers=None, query=b""):
@@ -364,7 +368,7 @@ def redis_layer(origin, url, **cfg):
     import redis.asyncio as aioredis
 
     stores = CacheStores(lambda u: aioredis.Redis.from_url(u, socket_connect_timeout=0.5, socket_timeout=0.5))
-    return cache_layer(origin, "/r/{id}", CacheConfig(enabled=True, backend="redis", **cfg), stores, url)
+    return build(origin, CacheConfig(enabled=True, backend="redis", **cfg), stores, url)
 
 
 async def test_redis_entries_are_shared_expired_by_redis_and_purged(redis_clean):

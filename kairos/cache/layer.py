@@ -58,6 +58,7 @@ from kairos.config.cache import CacheConfig
 from kairos.errors import GatewayError
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
+from kairos.proxy.exchange import EXCHANGE
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -362,6 +363,7 @@ class Cache:
         self.refreshing.add(name)
         bg_scope = dict(scope)
         bg_scope["headers"] = _conditional_headers(scope["headers"], state)
+        bg_scope.pop(EXCHANGE, None)  # not this request's exchange: nothing of it reaches the client
 
         async def refresh() -> None:
             try:
@@ -389,11 +391,15 @@ class Cache:
                           entry: StoredEntry, base: str, extras: str, entries: list[StoredEntry], sie: bool) -> None:
         up_scope = dict(scope)
         up_scope["headers"] = _conditional_headers(scope["headers"], state)
+        exchange = scope.get(EXCHANGE)
+        mark = len(exchange.hooks) if exchange is not None else 0
         try:
             outcome = await self._exchange_revalidation(up_scope, receive, send, state, base, extras, entries, sie)
         except GatewayError:
             if not sie:
                 raise
+            if exchange is not None:  # we answer instead: the failed attempt's hooks are not ours
+                exchange.drop_hooks_after(mark)
             outcome = "error"
         if outcome == "error":  # the upstream failed and the entry may be served stale for it
             await self._serve(scope, send, entry, str(get_age(self._view(entry).response)), "stale")
@@ -424,8 +430,8 @@ class Cache:
             nxt = state.next(Response(status, Headers(_lists(headers))))
             return send is not None, self._recording(nxt, up_scope, status, headers, base, extras, decision)
 
-        exchange = _Exchange(send, decide, self.policy.max_size, b"MISS")
-        await self.app(up_scope, receive, exchange.send)
+        recording = _Recording(send, decide, self.policy.max_size, b"MISS")
+        await self.app(up_scope, receive, recording.send)
         kind = decision.get("kind")
         if kind == "error":
             return "error"
@@ -451,7 +457,7 @@ class Cache:
             self.policy.requests["revalidated"].inc()
             return refreshed if refreshed is not None else "retry"
         self.policy.requests["miss"].inc()
-        await self._store_recorded(exchange, decision, entries)
+        await self._store_recorded(recording, decision, entries)
         return None
 
     async def _miss(self, scope: Scope, receive: Receive, send: Send, state: CacheMiss, base: str, extras: str,
@@ -486,9 +492,9 @@ class Cache:
                                              headers, base, extras, decision)
 
             self.policy.requests["miss"].inc()
-            exchange = _Exchange(send, decide, self.policy.max_size, b"MISS")
-            await self.app(scope, receive, exchange.send)
-            await self._store_recorded(exchange, decision, entries)
+            recording = _Recording(send, decide, self.policy.max_size, b"MISS")
+            await self.app(scope, receive, recording.send)
+            await self._store_recorded(recording, decision, entries)
         finally:
             if not coalesced:
                 event.set()
@@ -563,11 +569,11 @@ class Cache:
         validators = "etag" in hmap or "last-modified" in hmap
         return max(1.0, lifetime + stale + (max(self.policy.ttl, 60) if validators else 0))
 
-    async def _store_recorded(self, exchange: _Exchange, decision: dict[str, Any], entries: list[StoredEntry]) -> None:
-        entry = exchange.entry
+    async def _store_recorded(self, recording: _Recording, decision: dict[str, Any], entries: list[StoredEntry]) -> None:
+        entry = recording.entry
         try:
-            if entry is not None and exchange.complete and exchange.body is not None:
-                entry.body = b"".join(exchange.body)
+            if entry is not None and recording.complete and recording.body is not None:
+                entry.body = b"".join(recording.body)
                 entry.size += len(entry.body)
                 replaces = [e.id for e in entries if e.same_variant(entry)] + decision.get("invalidate", [])
                 await self.store.put(entry, replaces)
@@ -629,7 +635,7 @@ def _idle_receive() -> Receive:
     return receive
 
 
-class _Exchange:
+class _Recording:
     """`send` for one upstream exchange: relays to the client (or not), records the body (or not)."""
 
     __slots__ = ("client_send", "decide", "max_size", "mark", "relay", "entry", "body", "size", "complete")

@@ -211,6 +211,12 @@ class RedisStore:
         self._last_log = 0.0
         self._errors = metrics.CACHE_BACKEND_ERRORS
 
+    def use(self, client: Any) -> None:
+        """Switch to `client` (the shared pool for this URL was replaced after a reload)."""
+        if client is not self.client:
+            self.client = client
+            self._put = client.register_script(_PUT_LUA)
+
     async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         if time.monotonic() < self._paused_until:
             raise StoreUnavailable("paused after a failure")

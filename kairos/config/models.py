@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
+from kairos.config.admin import AdminConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -118,6 +119,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # A request head (line + headers) must arrive within this, or the connection is closed
+    # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
+    request_header_timeout_ms: NonNegativeInt = 10000
 
 
 class LoggingConfig(Model):
@@ -408,7 +412,12 @@ class BackendConfig(Model):
 _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RouterConfig(Model):
+    # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
+    name: str | None = None
     external_path: str
     internal_path: str
     methods: Annotated[list[str], AfterValidator(_methods)]
@@ -438,6 +447,13 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _ROUTE_NAME.match(value):
+            raise problem("letters, digits and . _ - only, starting with a letter or digit (1-64 characters)")
+        return value
 
     @field_validator("external_path")
     @classmethod
@@ -520,6 +536,7 @@ class GatewayConfig(Model):
     ip_deny: list[Cidr] | None = None
     compression: CompressionConfig | None = None
     cache: CacheConfig | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")
     @classmethod

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from functools import partial
 from typing import TYPE_CHECKING
 
 import brotli
@@ -38,8 +39,8 @@ from kairos.config.compression import CompressionConfig
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 _NO_BODY_STATUSES = frozenset((204, 206, 304))
 _ZSTD_FLUSH_BLOCK = zstd.ZstdCompressor.FLUSH_BLOCK
@@ -338,6 +339,6 @@ def compression_policy(config: CompressionConfig | None) -> CompressionPolicy | 
     return CompressionPolicy(config)
 
 
-def compression_layer(app: ASGIApp, route: CompiledRoute, config: GatewayConfig) -> ASGIApp:
-    policy = compression_policy(config.policy(route.config, "compression"))
-    return app if policy is None else Compression(app, policy)
+def compression_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    policy = compression_policy(route.policy("compression"))
+    return None if policy is None else partial(Compression, policy=policy)
