@@ -1,7 +1,7 @@
 """The `cache` block: kairos-rs's `{enabled, ttl_secs, max_size}` plus kairos's keys.
 
 Top-level default, router override (a router's block replaces the top-level one).
-Depends on pydantic only, so models.py imports it without a loop.
+Depends on pydantic (and config.block) only, so models.py imports it without a loop.
 """
 
 from __future__ import annotations
@@ -9,21 +9,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator
+
+from kairos.config.block import Block, problem
 
 _KEY_PART = re.compile(r"^header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def _problem(message: str) -> PydanticCustomError:
-    return PydanticCustomError("kairos", message)
-
-
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CacheKeyConfig(_Block):
+class CacheKeyConfig(Block):
     """What besides the route and the URL tells entries apart."""
 
     # `header:<name>`: the request header's value becomes part of the key (e.g. a tenant id).
@@ -36,7 +29,7 @@ class CacheKeyConfig(_Block):
     def _extra(cls, value: list[str]) -> list[str]:
         for part in value:
             if not _KEY_PART.match(part):
-                raise _problem(f"'{part}' is not a key part (write header:<name>)")
+                raise problem(f"'{part}' is not a key part (write header:<name>)")
         return [part.lower() for part in value]
 
     @field_validator("query_ignore")
@@ -44,11 +37,11 @@ class CacheKeyConfig(_Block):
     def _query_ignore(cls, value: list[str]) -> list[str]:
         for name in value:
             if not name or "*" in name[:-1]:
-                raise _problem(f"'{name}' is not a query parameter name (a trailing * makes it a prefix)")
+                raise problem(f"'{name}' is not a query parameter name (a trailing * makes it a prefix)")
         return value
 
 
-class CacheConfig(_Block):
+class CacheConfig(Block):
     enabled: bool = False
     ttl_secs: int = 60
     max_size: int = 1024 * 1024
@@ -67,19 +60,19 @@ class CacheConfig(_Block):
     @classmethod
     def _non_negative(cls, value: int) -> int:
         if value < 0:
-            raise _problem("must not be negative")
+            raise problem("must not be negative")
         return value
 
     @field_validator("max_size", "memory_bytes", "coalesce_timeout_ms")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
-            raise _problem("must be greater than 0")
+            raise problem("must be greater than 0")
         return value
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise _problem("must be a redis://, rediss:// or unix:// URL")
+            raise problem("must be a redis://, rediss:// or unix:// URL")
         return value

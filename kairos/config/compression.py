@@ -1,7 +1,7 @@
 """The `compression` block: kairos-rs's keys, plus `br` and `zstd` as algorithm names.
 
 Top-level default, router override (a router's block replaces the top-level one).
-Kept out of models.py so the feature owns its schema; it depends on pydantic only,
+Kept out of models.py so the feature owns its schema; it depends on pydantic (and config.block) only,
 so models.py can import it without a loop.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator
+
+from kairos.config.block import Block, problem
 
 # kairos-rs's names and kairos's additions -> the HTTP content-coding token.
 ALGORITHMS = {"gzip": "gzip", "brotli": "br", "br": "br", "deflate": "deflate", "zstd": "zstd"}
@@ -26,13 +27,7 @@ DEFAULT_CONTENT_TYPES = [
 _MEDIA_RANGE = re.compile(r"^([a-z0-9!#$&^_.+\-]+|\*)/([a-z0-9!#$&^_.+\-*]+)$")
 
 
-def _problem(message: str) -> PydanticCustomError:
-    return PydanticCustomError("kairos", message)
-
-
-class CompressionConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class CompressionConfig(Block):
     enabled: bool = False
     level: int = 6
     min_size: int = 1024
@@ -43,14 +38,14 @@ class CompressionConfig(BaseModel):
     @classmethod
     def _level(cls, value: int) -> int:
         if not 1 <= value <= 9:
-            raise _problem("must be 1-9 (mapped onto each codec's own range)")
+            raise problem("must be 1-9 (mapped onto each codec's own range)")
         return value
 
     @field_validator("min_size")
     @classmethod
     def _min_size(cls, value: int) -> int:
         if value < 0:
-            raise _problem("must not be negative")
+            raise problem("must not be negative")
         return value
 
     @field_validator("content_types")
@@ -60,7 +55,7 @@ class CompressionConfig(BaseModel):
         for item in value:
             media = item.strip().lower()
             if not _MEDIA_RANGE.match(media) or media.startswith("*/") and media != "*/*":
-                raise _problem(f"'{item}' is not a media type or pattern like text/* or application/*+json")
+                raise problem(f"'{item}' is not a media type or pattern like text/* or application/*+json")
             out.append(media)
         return out
 
@@ -68,10 +63,10 @@ class CompressionConfig(BaseModel):
     @classmethod
     def _algorithms(cls, value: list[str]) -> list[str]:
         if not value:
-            raise _problem("must name at least one algorithm")
+            raise problem("must name at least one algorithm")
         for name in value:
             if name.lower() not in ALGORITHMS:
-                raise _problem(f"unknown algorithm '{name}' (one of {', '.join(ALGORITHMS)})")
+                raise problem(f"unknown algorithm '{name}' (one of {', '.join(ALGORITHMS)})")
         return [name.lower() for name in value]
 
     def codings(self) -> tuple[str, ...]:
