@@ -410,3 +410,21 @@ async def test_redis_outage_bypasses_and_recovers(redis_clean):
     s, h, b = await get(app)
     assert h["x-cache"] == "MISS"
     assert (await get(app))[1]["x-cache"] == "HIT"
+
+
+async def test_purge_through_the_gateway_handle_reaches_every_route():
+    stores = CacheStores()
+    config = CacheConfig(enabled=True)
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    store, inflight, refreshing = stores.store_for(config, "")
+    users = Cache(origin, CachePolicy("/users/{id}", config), store, inflight, refreshing)
+    orders = Cache(origin, CachePolicy("/orders/{id}", config), store, inflight, refreshing)
+    await get(users, path="/users/1")
+    await get(users, path="/users/2")
+    await get(orders, path="/orders/1")
+    assert await stores.purge(route="/users/{id}", key_prefix="/users/1") == 1
+    assert (await get(users, path="/users/2"))[1]["x-cache"] == "HIT"
+    assert await stores.purge(route="/users/{id}") == 1
+    assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "HIT"
+    assert await stores.purge() == 1
+    assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "MISS"
