@@ -157,7 +157,11 @@ class SupervisorControl:
         """A dry compile, so a config that validates but cannot be compiled never reaches the workers."""
         from kairos.app import Gateway  # the compile step lives there (until the gateway module moves)
 
-        Gateway(config, None)
+        trial = Gateway(config, None)
+        # Its Backends set kairos_backend_up to 1 in this process; in a shared metrics directory
+        # (max across processes) that would hide a worker's 0, so leave 0 behind instead.
+        for backend in trial.runtime.backends.values():
+            backend._up.set(0)
 
     def activate(self, config: GatewayConfig) -> None:
         self._config = config
