@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kairos.admin.document import route_id
+from kairos.admin.drain import apply_drained, read_drained, write_drained
 from kairos.config import GatewayConfig
 from kairos.observability import metrics
 from kairos.observability.logging import log_event, set_level
@@ -55,6 +56,7 @@ class LiveControl:
 
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
+        apply_drained(gateway.runtime.backends, read_drained(gateway.config_path))
 
     @property
     def config(self) -> GatewayConfig:
@@ -121,11 +123,17 @@ class LiveControl:
         return list(rows.values())
 
     def drain(self, address: str, drained: bool) -> bool:
-        backend = self.gateway.runtime.backends.get(address)
-        if backend is None:
+        runtime = self.gateway.runtime
+        if address not in runtime.backends:
             return False
-        backend.drained = drained
-        backend.update_available()
+        addresses = read_drained(self.gateway.config_path) | {b.address for b in runtime.backends.values() if b.drained}
+        addresses = addresses | {address} if drained else addresses - {address}
+        if self.gateway.config_path:
+            try:
+                write_drained(self.gateway.config_path, addresses)  # a restart keeps the maintenance state
+            except OSError as exc:
+                log_event("drain_not_persisted", 30, backend=address, error=str(exc))
+        apply_drained(runtime.backends, addresses)
         return True
 
 
