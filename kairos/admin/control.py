@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kairos.admin.document import route_id
-from kairos.admin.drain import apply_drained, read_drained, write_drained
+from kairos.upstream.drain import apply_drained, read_drained, write_drained
 from kairos.config import GatewayConfig
 from kairos.observability import metrics
 from kairos.observability.logging import log_event, set_level
