@@ -203,15 +203,28 @@ def _owned(strip: frozenset[bytes]) -> frozenset[bytes]:
     return strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones; repeated headers stay separate."""
+# The server in front of the client writes its own (uvicorn: `server`, `date`); as nginx
+# does (proxy_hide_header's defaults), the upstream's are not passed on, so the client
+# gets exactly one of each.
+_REPLACED_BY_SERVER = frozenset({b"server", b"date"})
+
+
+def response_headers(raw: list[tuple[bytes, bytes]], status: int = 200) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate.
+
+    A 204 or 304 has no body whatever its Content-Length says (RFC 9110 8.6): the header is
+    dropped, since uvicorn would wait for that many body bytes and then drop the connection.
+    """
     out = []
     listed: set[str] | None = None
+    bodiless = status in (204, 304)
     for name, value in raw:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 listed = _connection_listed(value)
+            continue
+        if lname in _REPLACED_BY_SERVER or (bodiless and lname == b"content-length"):
             continue
         out.append((lname, value))
     if listed:
