@@ -15,11 +15,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from kairos.config import parse_config
+from conftest import free_port
 from ops_helpers import config, metric_value, route
+from test_ops_reload_shutdown import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "kubernetes"
@@ -215,3 +218,65 @@ def test_configmap_example_in_the_docs_is_the_base_config():
         parse_config(json.loads((K8S / overlay / "config.json").read_text()))
     assert "kubectl kustomize deploy/kubernetes/overlays/production" in (REPO / "docs" / "deploy" / "kubernetes.md").read_text()
 
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of the dashboard, its variables filled as Grafana would."""
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "kairos-dashboard.json").read_text())
+    out = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "15s").replace("$job", ".*").replace("$route", ".*")
+            out.append((panel["title"], expr))
+    return out
+
+
+def test_dashboard_and_alert_queries_run_on_a_real_prometheus(upstream, gateway, sync_client, tmp_path):
+    """Every panel's PromQL and every alert expression, evaluated by a real Prometheus scraping a real
+    gateway: a syntax error, a misspelled function or a label mismatch that empties a panel fails here."""
+    prometheus = _require("prometheus")
+    gw = gateway(config(route(upstream)))
+    for i in range(20):
+        sync_client.get(gw.url + f"/api/{i}")
+    sync_client.get(gw.url + "/nowhere")
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
+        "scrape_configs": [{"job_name": "kairos", "static_configs": [{"targets": [f"127.0.0.1:{gw.port}"]}]}],
+    }))
+    proc = subprocess.Popen(
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"), start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        with httpx.Client(timeout=5, trust_env=False) as c:
+
+            def query(expr: str) -> list:
+                body = c.get(api + "/query", params={"query": expr}).json()
+                assert body["status"] == "success", (expr, body)
+                return body["data"]["result"]
+
+            def scraped() -> bool:
+                try:
+                    return len(query('kairos_requests_total{job="kairos"}')) > 0 and len(
+                        query('count_over_time(kairos_build_info{job="kairos"}[1m]) >= 3'))
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(scraped, timeout=30, what="three scrapes of the gateway")
+            sync_client.get(gw.url + "/api/x")  # traffic between scrapes, so rates are non-zero
+            for title, expr in dashboard_queries():
+                query(expr)
+            # Panels that must show data after this traffic.
+            by_title = dict(dashboard_queries())
+            assert query(by_title["Requests per second by route"])
+            assert query(by_title["Gateway errors by kind"].replace("[15s]", "[1m]"))
+            rules = c.get(api + "/rules").json()
+            assert rules["status"] == "success"
+            health = {r["name"]: r["health"] for g in rules["data"]["groups"] for r in g["rules"]}
+            assert len(health) == 6 and set(health.values()) <= {"ok", "unknown"}, health
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
