@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.admin import AdminConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -116,6 +117,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # A request head (line + headers) must arrive within this, or the connection is closed
+    # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
+    request_header_timeout_ms: NonNegativeInt = 10000
 
 
 class LoggingConfig(Model):
@@ -406,7 +410,12 @@ class BackendConfig(Model):
 _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RouterConfig(Model):
+    # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
+    name: str | None = None
     external_path: str
     internal_path: str
     methods: Annotated[list[str], AfterValidator(_methods)]
@@ -434,6 +443,13 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _ROUTE_NAME.match(value):
+            raise problem("letters, digits and . _ - only, starting with a letter or digit (1-64 characters)")
+        return value
 
     @field_validator("external_path")
     @classmethod
@@ -514,6 +530,7 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")
     @classmethod
