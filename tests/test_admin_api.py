@@ -118,6 +118,7 @@ def test_writes_need_if_match_validate_compile_swap_write_atomically_and_roll_ba
         r = admin.put("/admin/config", json=doc, headers={"if-match": etag})
         assert r.status_code == 200, r.text
         assert r.json()["summary"]["routes_changed"] == ["users"]
+        assert admin.get("/admin/status").json()["last_reload"]["trigger"] == "admin"
         assert proxy.get("/api/1").headers["x-upstream"] == b.name  # live at once, no reload wait
         st = gw.config_path.stat()
         assert st.st_ino != inode and stat.S_IMODE(st.st_mode) == 0o640  # renamed over, mode kept
