@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -138,10 +139,28 @@ class SupervisorControl:
         self._workers = workers
         self.signal_workers = signal_workers
         self._config = load_config(config_path)
+        self._seen = self._stamp()
         self.started = time.time()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     @property
     def config(self) -> GatewayConfig:
+        """The file's config: re-read when the file changed under us (an editor, a deploy), as the workers do."""
+        from kairos.config import ConfigError, load_config
+
+        stamp = self._stamp()
+        if stamp != self._seen:
+            self._seen = stamp
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError:
+                pass  # the workers keep their config too
         return self._config
 
     @property
@@ -165,7 +184,9 @@ class SupervisorControl:
     def activate(self, config: GatewayConfig) -> None:
         self._config = config
 
+
     def written(self, digest: bytes) -> None:
+        self._seen = self._stamp()
         self.signal_workers()
         log_event("config_pushed", trigger="admin", source=self.config_path, workers=self._workers)
 
@@ -186,7 +207,7 @@ class SupervisorControl:
                     target[s.labels.get("backend", "")] = s.value
         drained = read_drained(self.config_path)
         rows: dict[str, dict[str, Any]] = {}
-        for rid, rc in _route_ids(self._config):
+        for rid, rc in _route_ids(self.config):
             for b in rc.backend_list:
                 row = rows.get(b.address)
                 if row is None:
@@ -212,7 +233,7 @@ class SupervisorControl:
 
     def drain(self, address: str, drained: bool) -> bool:
         """Written to the drained-backends file; every worker applies it on the SIGHUP that follows."""
-        if address not in {b.address for rc in self._config.routers for b in rc.backend_list}:
+        if address not in {b.address for rc in self.config.routers for b in rc.backend_list}:
             return False
         addresses = read_drained(self.config_path)
         write_drained(self.config_path, addresses | {address} if drained else addresses - {address})
