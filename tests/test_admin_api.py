@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from admin_support import (
-    ADMIN_TOKEN, SECRETS, VIEWER_TOKEN, admin_client, start_admin_gateway, with_secrets,
+    ADMIN_TOKEN, SECRETS, VIEWER_TOKEN, admin_client, sha, start_admin_gateway, with_secrets,
 )
 from ops_helpers import config, route
 
@@ -155,6 +155,15 @@ def test_writes_need_if_match_validate_compile_swap_write_atomically_and_roll_ba
         assert admin.post("/admin/config/rollback/99", headers={"if-match": r.headers["etag"]}).status_code == 404
     audit = [r for r in gw.log_records() if r.get("event") == "audit"]
     assert len(audit) == 5 and audit[-1]["action"] == "rollback to version 1"
+
+    # A token rotated in the file works after the reload; the old one no longer does.
+    rotated = json.loads(gw.config_path.read_text())
+    rotated["admin"]["tokens"][1]["token_sha256"] = sha("rotated-viewer-token-0123456789")
+    gw.rewrite_config(rotated)
+    gw.wait_for_log(lambda rec: rec.get("event") == "config_reloaded" and rec.get("trigger") == "file")
+    with admin_client(gw, "rotated-viewer-token-0123456789") as new, admin_client(gw, VIEWER_TOKEN) as old:
+        assert new.get("/admin/status").status_code == 200
+        assert old.get("/admin/status").status_code == 401
 
 
 def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make_upstream):

@@ -32,7 +32,7 @@ from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
 from kairos.admin.stats import StatsSampler
 from kairos.admin.store import ConfigStore
-from kairos.admin.tokens import FailureThrottle, Identity, TokenTable, bearer_token
+from kairos.admin.tokens import FailureThrottle, Identity, TokenSetupError, TokenTable, bearer_token
 from kairos.config import ConfigError, parse_config
 from kairos.errors import rfc3339_now
 from kairos.middleware.request_id import RequestID
@@ -87,6 +87,7 @@ class AdminState:
         history = control.config.admin.history_size
         self.store = ConfigStore(config_path, history) if config_path else None
         self.tokens = tokens
+        self.tokens_from = control.config.admin
         self.throttle = throttle or FailureThrottle()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
@@ -99,6 +100,18 @@ class AdminState:
             methods = list(rc.methods) + (["HEAD"] if "GET" in rc.methods and "HEAD" not in rc.methods else [])
             out.append((route_id(rc.model_dump(exclude_none=True)), rc.external_path, methods))
         return out
+
+    def current_tokens(self) -> TokenTable:
+        """The tokens of the running config: a reload that rotates a token (in the file, or its
+        environment variable's value at the next start) takes effect without a restart."""
+        admin = self.control.config.admin
+        if admin != self.tokens_from:
+            try:
+                self.tokens = TokenTable.from_config(admin)
+            except TokenSetupError as exc:
+                log_event("admin_tokens_kept", logging.ERROR, reason=str(exc))
+            self.tokens_from = admin
+        return self.tokens
 
     def need_store(self) -> ConfigStore:
         if self.store is None:
@@ -442,7 +455,7 @@ def guarded(state: AdminState, op: Operation):
             token = bearer_token(request.headers)
             if token is None:
                 raise Problem(401, "send 'Authorization: Bearer <token>'")
-            who = state.tokens.identify(token)
+            who = state.current_tokens().identify(token)
             if who is None:
                 state.throttle.failed(client)
                 raise Problem(401, "unknown token")
