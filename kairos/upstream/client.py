@@ -3,14 +3,15 @@
 httpx's default transport (httpcore) was measured at ~1% of nginx's throughput
 here (its pool does O(N^2) work per request) and aiohttp's client capped the
 gateway well below what the server side could do, so connections are held by
-`h1.UpstreamPool`, a lean HTTP/1.1 pool written for a proxy: no cookie jar (a
-`Set-Cookie` for client A must never ride on client B's request), no automatic
-headers or decompression, no hidden retries.
+`pool.UpstreamPool` (HTTP/1.1 on `connection.Connection`), written for a proxy:
+no cookie jar (a `Set-Cookie` for client A must never ride on client B's
+request), no automatic headers or decompression, no hidden retries.
 
 Two ways in:
 
 * `UpstreamClient.request()` for the proxy's hot path (no `httpx.Request` /
-  `httpx.Response` objects built per request);
+  `httpx.Response` objects built per request; docs/performance.md has the
+  measurement that kept it);
 * `UpstreamClient.http`, an `httpx.AsyncClient` over `UpstreamTransport`, for
   everything that prefers httpx's API (health probes, JWKS fetches).
 
@@ -19,12 +20,11 @@ Both raise or map the same `UpstreamError` kinds.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable
 
 import httpx
 
+from kairos.upstream.connection import MAX_HEADER_BYTES, MAX_HEADERS, Headers, Response
 from kairos.upstream.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -32,14 +32,11 @@ from kairos.upstream.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from kairos.upstream.connection import Headers, Response
-from kairos.upstream.pool import UpstreamPool
+from kairos.upstream.pool import DEFAULT_LIMITS, PoolLimits, UpstreamPool
 from kairos.upstream.transport import UpstreamTransport
 
-KEEPALIVE_EXPIRY_S = 4.0
-
 __all__ = [
-    "KEEPALIVE_EXPIRY_S",
+    "PoolLimits",
     "Response",
     "UpstreamClient",
     "UpstreamConnectError",
@@ -52,10 +49,21 @@ __all__ = [
 
 
 class UpstreamClient:
-    """Owns the connection pool; started by the app's lifespan, or lazily on first use."""
+    """Owns the connection pool; started by the app's lifespan, or lazily on first use.
 
-    def __init__(self, *, keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S) -> None:
-        self.keepalive_expiry_s = keepalive_expiry_s
+    `limits` apply to requests that name none (the httpx API, a route without its
+    own `connection_pool`); `configure()` changes them and the head bounds on reload."""
+
+    def __init__(
+        self,
+        *,
+        limits: PoolLimits = DEFAULT_LIMITS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_headers: int = MAX_HEADERS,
+    ) -> None:
+        self.limits = limits
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self._pool: UpstreamPool | None = None
         self.http = httpx.AsyncClient(transport=UpstreamTransport(self), follow_redirects=False, trust_env=False)
 
@@ -63,9 +71,30 @@ class UpstreamClient:
     def started(self) -> bool:
         return self._pool is not None
 
+    @property
+    def pool(self) -> UpstreamPool | None:
+        return self._pool
+
     async def start(self) -> None:
         if self._pool is None:
-            self._pool = UpstreamPool(self.keepalive_expiry_s)
+            self._pool = UpstreamPool(
+                limits=self.limits, max_header_bytes=self.max_header_bytes, max_headers=self.max_headers
+            )
+
+    def configure(self, limits: PoolLimits, max_header_bytes: int, max_headers: int) -> None:
+        self.limits = limits
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        pool = self._pool
+        if pool is not None:
+            pool.limits = limits
+            pool.max_header_bytes = max_header_bytes
+            pool.max_headers = max_headers
+
+    def retain(self, origins: set[tuple[str, str, int]]) -> None:
+        """Close idle connections to every origin not in `origins` (after a reload)."""
+        if self._pool is not None:
+            self._pool.retain(origins)
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -82,6 +111,8 @@ class UpstreamClient:
         headers: Headers,
         body: AsyncIterable[bytes] | bytes | None = None,
         connect_timeout: float | None = None,
+        limits: PoolLimits | None = None,
+        upgrade: bool = False,
     ) -> Response:
         """Send one request; the response's body is still unread (stream it, then release())."""
         pool = self._pool
@@ -90,4 +121,6 @@ class UpstreamClient:
             await self.start()
             pool = self._pool
             assert pool is not None
-        return await pool.request(scheme, host, port, method, target, headers, body, connect_timeout)
+        return await pool.request(
+            scheme, host, port, method, target, headers, body, connect_timeout, limits, upgrade
+        )

@@ -1,78 +1,174 @@
-"""A lean HTTP/1.1 client connection pool for the proxy's hot path.
+"""One HTTP/1.1 connection to an upstream, on asyncio and httptools (llhttp).
 
 Measured on this machine (one core, 64 concurrent keep-alive requests to nginx):
 aiohttp's client managed ~4,000-7,000 requests/s on its own, a bare asyncio
 protocol with httptools' parser ~22,000. Most of aiohttp's cost is machinery a
 proxy does not want (cookie jar, auto headers, redirects, tracing, per-request
-timeout objects, header re-merging), so the gateway speaks HTTP/1.1 to its
-upstreams itself:
+timeout objects, header re-merging), so the gateway speaks HTTP/1.1 itself.
 
-* one in-flight request per connection, idle connections kept per origin (LIFO,
-  so the warmest one is reused) and dropped after `keepalive_expiry_s`, below
-  uvicorn's 5 s idle timeout;
-* headers are written exactly as given (bytes), nothing is added but framing
-  (`content-length` for a bytes body that lacks it, `transfer-encoding: chunked`
-  for a streamed body of unknown length);
-* the response body is streamed with backpressure: reading from the upstream
-  pauses while more than `_HIGH_WATER` bytes wait for the client;
-* no retries of any kind: a connection that fails is closed and reported.
+A connection carries one exchange at a time, and **one response per exchange**:
 
-httptools (llhttp) parses responses; it has no "finish" call, so an
-EOF-delimited body ends in `connection_lost`, and a HEAD response (whose
-Content-Length describes a body that never comes) closes its connection
-instead of confusing the parser.
+* a fresh parser per exchange; once the response is complete, any further byte
+  (a second response in the same segment, trailing garbage, a body after a HEAD,
+  204 or 304 response) is never parsed into it and never reaches the next
+  request: the connection is marked unusable and closed. llhttp skips bare CR/LF
+  between messages (RFC 9112 §2.2), so those alone are ignored, never delivered;
+* bytes arriving while the connection is idle in the pool close it (the pool
+  drops it; httpcore treats a readable idle connection as expired too);
+* framing is checked before the head is handed over: llhttp refuses
+  Content-Length with Transfer-Encoding, duplicate lengths and bad chunk sizes;
+  a Transfer-Encoding other than exactly `chunked` is refused here (nginx and
+  Envoy answer 502 to it too: read-until-close per RFC 9112 §6.3 would pass a
+  coded body on unlabelled). A failure before the head is a
+  `UpstreamProtocolError` (502); after it, the body read raises (the client's
+  response is aborted, never ended cleanly);
+* 1xx interim responses are skipped; a 101 to a request that did not ask to
+  upgrade, or a status outside 100-599, is a protocol error;
+* the response head is bounded (`max_header_bytes`, `max_headers`): a 20 MB
+  header line costs at most the limit plus one read;
+* no exception ever leaves an asyncio callback (asyncio would log it as fatal).
+
+Requests are written exactly as given (bytes); `build_head` validates them
+first, so CR, LF and NUL can never be written, whatever their origin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import socket
-import ssl
-import time
+import re
+import select
 from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from kairos.upstream.errors import (
+    InvalidUpstreamRequest,
     RequestBodyFailed,
-    UpstreamConnectError,
-    UpstreamConnectTimeout,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 Headers = list[tuple[bytes, bytes]]
 
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; carries at most one exchange at a time."""
+
+# --------------------------------------------------------------------------- request heads
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+# Control characters other than HTAB, CR and LF (those are checked by counting).
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Header names and methods already seen valid (they repeat: host, user-agent, ...).
+_valid_tokens: set[bytes] = set()
+
+
+def _check_token(name: bytes, what: str) -> None:
+    if name not in _valid_tokens:
+        if not _TOKEN.fullmatch(name):
+            raise InvalidUpstreamRequest(f"invalid {what} {name[:40]!r}")
+        if len(_valid_tokens) < 4096:
+            _valid_tokens.add(name)
+
+
+def build_head(method: str, target: str, headers: Headers, body: Any) -> tuple[bytes, bool]:
+    """The request head as written upstream, and whether the body goes out chunked.
+
+    Raises InvalidUpstreamRequest (nothing taken, nothing sent) when a method,
+    target, header name or value could change the message's framing: CR, LF,
+    NUL and other control characters are never written, names are tokens.
+    """
+    bmethod = method.encode("latin-1") if method.isascii() else b""
+    _check_token(bmethod, "method")
+    if not _TARGET.fullmatch(target):
+        raise InvalidUpstreamRequest(f"invalid request target {target[:60]!r}")
+    parts = [bmethod, b" ", target.encode("ascii"), b" HTTP/1.1\r\n"]
+    has_length = False
+    for name, value in headers:
+        if name not in _valid_tokens:
+            _check_token(name, "header name")
+        if name == b"content-length":
+            has_length = True
+        parts += (name, b": ", value, b"\r\n")
+    lines = len(headers) + 2
+    chunked = False
+    if isinstance(body, (bytes, bytearray)):
+        if not has_length:
+            parts.append(b"content-length: %d\r\n" % len(body))
+            lines += 1
+    elif body is not None and not has_length:
+        chunked = True
+        parts.append(b"transfer-encoding: chunked\r\n")
+        lines += 1
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # Every CR and LF in the head must be one of the line ends we wrote.
+    if head.count(b"\n") != lines or head.count(b"\r\n") != lines or head.count(b"\r") != lines or _CTL.search(head):
+        raise InvalidUpstreamRequest(f"header value with a control character (CR, LF, NUL, ...) in {method} {target[:60]}")
+    return head, chunked
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+class Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; carries at most one exchange at a time.
+
+    `on_idle_lost` is called when the connection closes or turns readable while
+    it waits in the pool (set by the pool while the connection is idle)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.requests = 0
+        self.on_idle_lost: Callable[[Connection], None] | None = None
         self.response: Response | None = None
         self._parser: httptools.HttpResponseParser | None = None
+        self._poll: Any = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
-    # --- asyncio.Protocol ---------------------------------------------------------------------
+    # --- asyncio.Protocol: none of these may raise -------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                self._poll = select.poll()
+                self._poll.register(sock.fileno(), select.POLLIN)
+            except (OSError, ValueError):
+                self._poll = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.response is not None:
-            self.response._connection_lost(exc)
+            self.response._connection_lost()
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamReset("upstream closed the connection while the request was sent"))
+            waiter.exception()
+        self._idle_lost()
+
+    def eof_received(self) -> bool:
+        # Unusable from now on (not only once connection_lost comes, a loop turn later).
+        self.closed = True
+        if self.response is not None:
+            self.response._connection_lost()
+        self._idle_lost()
+        return False
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -84,46 +180,109 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:  # bytes nobody asked for: the connection cannot be trusted
+        response = self.response
+        if response is None or response._finished:
+            # Bytes nobody asked for (idle, or after the response ended): never trusted.
             self.close()
+            self._idle_lost()
             return
         try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if self.response is not None:
-                self.response._fail(UpstreamReset(f"malformed response from upstream: {exc}"))
+            self._parser.feed_data(data)  # type: ignore[union-attr]
+        except httptools.HttpParserUpgrade:
+            # A 101 the request asked for: the response (headers only) is complete; the
+            # connection now speaks another protocol and is never reused.
             self.close()
+        except Exception as exc:  # llhttp's errors and our callbacks' (which raise to stop it)
+            if response._finished:
+                self.close()  # surplus bytes after a complete response: the response stands
+            else:
+                error = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
+                if not isinstance(error, UpstreamError):
+                    error = UpstreamProtocolError(f"malformed response from upstream: {exc}")
+                response._fail(error)
+                self.close()
+            return
+        if not response._head_seen:
+            response._head_bytes += len(data)
+            if response._head_bytes > response._max_header_bytes:
+                response._fail(UpstreamProtocolError(
+                    f"upstream response head larger than {response._max_header_bytes} bytes"
+                ))
+                self.close()
 
-    # --- httptools callbacks ------------------------------------------------------------------
+    # --- httptools callbacks (raising stops the parser; data_received catches) --------------
+
+    def on_message_begin(self) -> None:
+        response = self.response
+        assert response is not None
+        if response._finished:
+            raise _Surplus()
+        response._headers = []
+        response._header_count = response._header_size = response._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.response._headers.append((name, value))  # type: ignore[union-attr]
+        response = self.response
+        assert response is not None
+        response._header_count += 1
+        response._header_size += len(name) + len(value) + 4
+        if response._header_count > response._max_headers:
+            raise UpstreamProtocolError(f"upstream response has more than {response._max_headers} headers")
+        if response._header_size > response._max_header_bytes:
+            raise UpstreamProtocolError(f"upstream response head larger than {response._max_header_bytes} bytes")
+        response._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         response = self.response
-        assert response is not None and self._parser is not None
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        parser = self._parser
+        assert response is not None and parser is not None
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise UpstreamProtocolError(f"upstream status {status} is outside 100-599")
+        if status < 200:
+            if status == 101:
+                if not response._upgrade:
+                    raise UpstreamProtocolError("upstream switched protocols (101) though the request did not ask to")
+                response._head_received(status, False)
+                return
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            response._headers = []
             response._interim = True
             return
-        response._head_received(status, self._parser.should_keep_alive())
+        te = None
+        for name, value in response._headers:
+            if len(name) == 17 and name.lower() == b"transfer-encoding":
+                if te is not None:
+                    raise UpstreamProtocolError("upstream sent Transfer-Encoding twice")
+                te = value
+        if te is not None and te.strip().lower() != b"chunked":
+            raise UpstreamProtocolError(f"upstream Transfer-Encoding {te[:40]!r} is not supported (only chunked)")
+        response._head_received(status, parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        self.response._body_received(body)  # type: ignore[union-attr]
+        response = self.response
+        assert response is not None
+        if response._finished:
+            raise _Surplus()  # a body after HEAD (or after the end): never delivered
+        response._body_received(body)
 
     def on_message_complete(self) -> None:
         response = self.response
-        if response is None:
-            return
+        assert response is not None
         if response._interim:
             response._interim = False
             return
         response._complete()
 
-    # --- use ----------------------------------------------------------------------------------
+    # --- use -------------------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        """Still open and silent: an idle connection that turned readable (data or EOF the
+        loop has not processed yet) is as good as closed."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        poll = self._poll
+        if poll is not None and poll.poll(0):
+            return False
+        return True
 
     async def drain(self) -> None:
         if self.closed:
@@ -139,11 +298,21 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, response: Response) -> None:
         self.response = response
+        self.requests += 1
         self._parser = httptools.HttpResponseParser(self)
 
     def finish(self) -> None:
         self.response = None
         self._parser = None
+
+    def _idle_lost(self) -> None:
+        callback, self.on_idle_lost = self.on_idle_lost, None
+        if callback is not None:
+            callback(self)
+
+
+class _Surplus(Exception):
+    """Bytes after a complete response: stops the parser, the connection is dropped."""
 
 
 class Response:
@@ -154,21 +323,30 @@ class Response:
     """
 
     __slots__ = (
-        "status", "_headers", "_conn", "_pool", "_key", "_head", "_chunks", "_buffered",
-        "_done", "_error", "_waiter", "_keep_alive", "_interim", "_reading_paused",
-        "_eof_body", "_writer", "_head_only", "_released", "read_timeout",
+        "status", "_headers", "_conn", "_release", "_head", "_chunks", "_buffered",
+        "_done", "_finished", "_error", "_waiter", "_keep_alive", "_interim", "_reading_paused",
+        "_eof_body", "_writer", "_head_only", "_upgrade", "_released", "read_timeout",
+        "_head_seen", "_head_bytes", "_header_count", "_header_size", "_max_headers", "_max_header_bytes",
     )
 
-    def __init__(self, conn: _Connection, pool: UpstreamPool, key: tuple[str, str, int], head_only: bool) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        release: Callable[[Connection, bool], None],
+        head_only: bool,
+        upgrade: bool = False,
+        max_headers: int = MAX_HEADERS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.status = 0
         self._headers: Headers = []
         self._conn = conn
-        self._pool = pool
-        self._key = key
+        self._release = release
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._done = False
+        self._done = False  # the reader sees the end (complete, or aborted)
+        self._finished = False  # the upstream's response is complete: any further byte is surplus
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._keep_alive = False
@@ -177,7 +355,14 @@ class Response:
         self._eof_body = False
         self._writer: asyncio.Task[None] | None = None
         self._head_only = head_only
+        self._upgrade = upgrade
         self._released = False
+        self._head_seen = False
+        self._head_bytes = 0
+        self._header_count = 0
+        self._header_size = 0
+        self._max_headers = max_headers
+        self._max_header_bytes = max_header_bytes
         # Longest wait for the next piece of body (None: no limit). Set by the caller.
         self.read_timeout: float | None = None
 
@@ -190,14 +375,15 @@ class Response:
     def _head_received(self, status: int, keep_alive: bool) -> None:
         self.status = status
         self._keep_alive = keep_alive
-        if self._head_only or status in (204, 304):
-            self._done = True
-            self._keep_alive = keep_alive and not self._head_only
+        self._head_seen = True
+        if self._head_only or status in (204, 304) or status == 101:
+            # No body, whatever the headers say; anything more from the upstream is surplus.
+            self._done = self._finished = True
         else:
             framed = False
             for name, value in self._headers:
                 lname = name.lower()
-                if lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
+                if lname == b"content-length" or lname == b"transfer-encoding":
                     framed = True
                     break
             self._eof_body = not framed
@@ -207,33 +393,35 @@ class Response:
     def _body_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > _HIGH_WATER and not self._reading_paused and self._conn.transport is not None:
+        transport = self._conn.transport
+        if self._buffered > _HIGH_WATER and not self._reading_paused and transport is not None:
             self._reading_paused = True
-            self._conn.transport.pause_reading()
+            transport.pause_reading()
         self._wake()
 
     def _complete(self) -> None:
-        self._done = True
+        self._done = self._finished = True
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
-        if self._done and not self._chunks:
-            return
+        if self._finished:
+            return  # complete already: what follows is the connection's problem, not this response's
+        self._done = self._finished = True
+        self._keep_alive = False
         self._error = error
         if not self._head.done():
             self._head.set_exception(error)
             self._head.exception()  # retrieved: the waiter may already be gone
         self._wake()
 
-    def _connection_lost(self, exc: Exception | None) -> None:
-        if self._done:
+    def _connection_lost(self) -> None:
+        if self._finished:
             return
-        if self._head.done() and self._eof_body and self._error is None:
-            self._done = True  # the body was delimited by the close
+        if self._head_seen and self._eof_body:
+            self._done = self._finished = True  # the body was delimited by the close
             self._keep_alive = False
             self._wake()
-            return
-        if self._head.done():
+        elif self._head_seen:
             self._fail(UpstreamReset("upstream response was cut short"))
         else:
             self._fail(UpstreamReset("upstream closed the connection before answering"))
@@ -251,9 +439,11 @@ class Response:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered < _LOW_WATER and self._conn.transport is not None:
-                    self._reading_paused = False
-                    self._conn.transport.resume_reading()
+                if self._reading_paused and self._buffered < _LOW_WATER:
+                    transport = self._conn.transport
+                    if transport is not None:
+                        self._reading_paused = False
+                        transport.resume_reading()
                 return chunk
             if self._error is not None:
                 raise self._error
@@ -280,7 +470,7 @@ class Response:
     def abort(self) -> None:
         """Stop now (the client left): the reader sees the end, the connection is closed."""
         if not self._done:
-            self._done = True
+            self._done = self._finished = True
             self._keep_alive = False
             self._chunks.clear()
             self._conn.close()
@@ -293,7 +483,7 @@ class Response:
         conn = self._conn
         writer = self._writer
         reusable = (
-            self._done
+            self._finished
             and self._error is None
             and self._keep_alive
             and not self._chunks
@@ -303,10 +493,9 @@ class Response:
         if writer is not None and not writer.done():
             writer.cancel()
         conn.finish()
-        if reusable:
-            self._pool._put(self._key, conn)
-        else:
+        if not reusable:
             conn.close()
+        self._release(conn, reusable)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -315,17 +504,19 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-async def _send_body(conn: _Connection, response: Response, body: AsyncIterable[bytes], chunked: bool) -> None:
+async def send_body(conn: Connection, response: Response, body: AsyncIterable[bytes], chunked: bool) -> None:
     """Stream the request body; a failure here fails the exchange (and closes the connection)."""
     try:
         transport = conn.transport
         assert transport is not None
         async for chunk in body:
-            if response._done or conn.closed:
+            if response._finished or conn.closed:
                 # The upstream answered (or went away) before reading it all: the
                 # connection is mid-request and can never be reused.
                 conn.close()
                 return
+            if not chunk:
+                continue
             if chunked:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:
@@ -341,3 +532,9 @@ async def _send_body(conn: _Connection, response: Response, body: AsyncIterable[
         response._fail(RequestBodyFailed(f"request body failed: {exc.__class__.__name__}"))
         conn.close()
         raise
+
+
+def start_body(conn: Connection, response: Response, body: AsyncIterable[bytes], chunked: bool) -> None:
+    writer = asyncio.ensure_future(send_body(conn, response, body, chunked))
+    writer.add_done_callback(_retrieve)
+    response._writer = writer

@@ -1,4 +1,9 @@
-"""httpx's transport API over the gateway's pool, for any httpx user."""
+"""httpx's transport API over the gateway's pool, usable by any httpx user.
+
+Complete as an `httpx.AsyncBaseTransport`: request bodies stream out (chunked
+when no Content-Length is given), response bodies stream in, and failures map
+onto httpx's exceptions (connect/read timeouts, pool overload, protocol errors).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,16 @@ from typing import Any, Protocol
 import httpx
 
 from kairos.upstream.connection import Response
-from kairos.upstream.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+from kairos.upstream.errors import (
+    InvalidUpstreamRequest,
+    RequestBodyFailed,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamOverloaded,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 
 
 class Requester(Protocol):
@@ -20,19 +34,43 @@ class Requester(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _httpx_error(exc: UpstreamError, request: httpx.Request) -> httpx.TransportError:
+    if isinstance(exc, UpstreamConnectTimeout):
+        return httpx.ConnectTimeout(str(exc), request=request)
+    if isinstance(exc, UpstreamConnectError):
+        return httpx.ConnectError(str(exc), request=request)
+    if isinstance(exc, UpstreamTimeout):
+        return httpx.ReadTimeout(str(exc), request=request)
+    if isinstance(exc, UpstreamOverloaded):
+        return httpx.PoolTimeout(str(exc), request=request)
+    if isinstance(exc, InvalidUpstreamRequest):
+        return httpx.LocalProtocolError(str(exc), request=request)
+    if isinstance(exc, RequestBodyFailed):
+        return httpx.WriteError(str(exc), request=request)
+    if isinstance(exc, UpstreamProtocolError):
+        return httpx.RemoteProtocolError(str(exc), request=request)
+    return httpx.ReadError(str(exc), request=request)
+
+
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, request: httpx.Request) -> None:
         self._response = response
+        self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             while chunk := await self._response.read():
                 yield chunk
         except UpstreamError as exc:
-            raise httpx.ReadError(str(exc)) from exc
+            raise _httpx_error(exc, self._request) from exc
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+async def _request_body(stream: Any) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield chunk
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
@@ -46,29 +84,29 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         url = request.url
         scheme = url.scheme
         port = url.port or (443 if scheme == "https" else 80)
-        body = await request.aread()  # probes and key fetches: small bodies, if any
         headers = [(k.lower(), v) for k, v in request.headers.raw]
-        if request.method not in ("GET", "HEAD") and not any(k == b"content-length" for k, _ in headers):
-            headers.append((b"content-length", str(len(body)).encode()))
+        body: Any
+        try:
+            body = request.content or None  # bytes given up front
+        except httpx.RequestNotRead:
+            body = _request_body(request.stream)  # streamed: chunked unless a Content-Length is set
+        upgrade = any(k == b"upgrade" for k, _ in headers)
         read_timeout = timeouts.get("read")
         try:
             async with asyncio.timeout(read_timeout):
                 response = await self._client.request(
                     scheme, url.host, port, request.method, url.raw_path.decode("ascii"), headers,
-                    body or None, timeouts.get("connect"),
+                    body, timeouts.get("connect"), upgrade=upgrade,
                 )
         except TimeoutError as exc:
-            raise httpx.ReadTimeout("upstream timed out", request=request) from exc
-        except UpstreamConnectTimeout as exc:
-            raise httpx.ConnectTimeout(str(exc), request=request) from exc
-        except UpstreamConnectError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+            raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from exc
         except UpstreamError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+            raise _httpx_error(exc, request) from exc
+        response.read_timeout = read_timeout
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_ResponseStream(response),
+            stream=_ResponseStream(response, request),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
