@@ -702,3 +702,41 @@ def test_random_bytes_never_raise_hang_or_stay_pooled(data, cuts, close_after, m
         await pool.aclose()
 
     asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "router, expected",
+    [
+        ({"internal_path": "/a b"}, "routers[0].internal_path: internal_path '/a b' has a control character"),
+        ({"internal_path": "/a\r\nX: y"}, "routers[0].internal_path: internal_path '/a\\r\\nX: y' has a control"),
+        ({"internal_path": "/caf\u00e9"}, "routers[0].internal_path: internal_path '/café' has a control character, a space or a non-ASCII"),
+        ({"host": "http://up stream"}, "routers[0].host: host 'http://up stream' has a control character"),
+        ({"host": None, "port": None, "backends": [{"host": "http://a\u0000", "port": 1}]}, "routers[0].backends[0].host: host"),
+        ({"host": "http://b\u00fccher.de"}, "routers[0].host: host 'http://bücher.de' has a control character, a space or a non-ASCII"),
+        ({"connection_pool": {"max_connections": 0}}, "routers[0].connection_pool.max_connections"),
+    ],
+)
+def test_config_refuses_what_could_not_be_written_upstream(router, expected):
+    from kairos.config.loader import ConfigError, parse_config
+
+    base = {"external_path": "/a", "internal_path": "/a", "methods": ["GET"], "host": "http://up", "port": 80}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routers": [{**base, **router}]}, use_env=False)
+    assert info.value.problems[0].startswith(expected), info.value.problems
+
+
+def test_connection_pool_block_defaults_and_router_override():
+    from kairos.config.loader import parse_config
+
+    base = {"external_path": "/a", "internal_path": "/a", "methods": ["GET"], "host": "http://up", "port": 80}
+    config = parse_config(
+        {"connection_pool": {"max_pending": 5}, "routers": [base, {**base, "external_path": "/b", "connection_pool": {"max_idle": 1}}]},
+        use_env=False,
+    )
+    first, second = (config.policy(r, "connection_pool") for r in config.routers)
+    assert (first.max_connections, first.max_pending, first.idle_timeout_ms) == (1024, 5, 60000)
+    assert (second.max_idle, second.max_pending) == (1, 1024)
+    assert (config.server.max_upstream_header_bytes, config.server.max_upstream_headers) == (65536, 100)
