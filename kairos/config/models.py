@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
@@ -418,7 +419,12 @@ class BackendConfig(Model):
 _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RouterConfig(Model):
+    # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
+    name: str | None = None
     external_path: str
     internal_path: str
     methods: Annotated[list[str], AfterValidator(_methods)]
@@ -447,6 +453,13 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _ROUTE_NAME.match(value):
+            raise problem("letters, digits and . _ - only, starting with a letter or digit (1-64 characters)")
+        return value
 
     @field_validator("external_path")
     @classmethod
@@ -529,6 +542,7 @@ class GatewayConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")
     @classmethod
