@@ -624,11 +624,10 @@ class ScriptedPool(UpstreamPool):
         super().__init__()
         self.scripts = scripts
 
-    async def _connect(self, origin, connect_timeout):
+    async def _open(self, origin, connect_timeout):
         pieces, close_after = self.scripts.pop(0)
         conn = Connection(asyncio.get_running_loop())
         conn.connection_made(ScriptedTransport(conn, pieces, close_after))
-        origin.connecting -= 1
         return conn
 
 

@@ -66,9 +66,8 @@ MAX_HEADERS = 100
 # --------------------------------------------------------------------------- request heads
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(r"[\x21-\x7e]+")
-# Control characters other than HTAB, CR and LF (those are checked by counting).
-_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bytes a head may carry besides its own line ends: HTAB, SP, VCHAR, obs-text.
+_SAFE = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # Header names and methods already seen valid (they repeat: host, user-agent, ...).
 _valid_tokens: set[bytes] = set()
 
@@ -87,12 +86,18 @@ def build_head(method: str, target: str, headers: Headers, body: Any) -> tuple[b
     Raises InvalidUpstreamRequest (nothing taken, nothing sent) when a method,
     target, header name or value could change the message's framing: CR, LF,
     NUL and other control characters are never written, names are tokens.
+    (One `translate` over the whole head: ~0.2 µs, where a regex per value cost 2 µs.)
     """
-    bmethod = method.encode("latin-1") if method.isascii() else b""
-    _check_token(bmethod, "method")
-    if not _TARGET.fullmatch(target):
+    try:
+        btarget = target.encode("ascii")
+        bmethod = method.encode("ascii")
+    except UnicodeEncodeError:
+        raise InvalidUpstreamRequest(f"non-ASCII request line {method[:20]!r} {target[:60]!r}") from None
+    if bmethod not in _valid_tokens:
+        _check_token(bmethod, "method")
+    if not btarget or b" " in btarget or b"\t" in btarget:
         raise InvalidUpstreamRequest(f"invalid request target {target[:60]!r}")
-    parts = [bmethod, b" ", target.encode("ascii"), b" HTTP/1.1\r\n"]
+    parts = [bmethod, b" ", btarget, b" HTTP/1.1\r\n"]
     has_length = False
     for name, value in headers:
         if name not in _valid_tokens:
@@ -112,9 +117,9 @@ def build_head(method: str, target: str, headers: Headers, body: Any) -> tuple[b
         lines += 1
     parts.append(b"\r\n")
     head = b"".join(parts)
-    # Every CR and LF in the head must be one of the line ends we wrote.
-    if head.count(b"\n") != lines or head.count(b"\r\n") != lines or head.count(b"\r") != lines or _CTL.search(head):
-        raise InvalidUpstreamRequest(f"header value with a control character (CR, LF, NUL, ...) in {method} {target[:60]}")
+    # What is left once every allowed byte is gone must be exactly the line ends we wrote.
+    if head.translate(None, _SAFE) != b"\r\n" * lines:
+        raise InvalidUpstreamRequest(f"a control character (CR, LF, NUL, ...) in the head of {method} {target[:60]!r}")
     return head, chunked
 
 
@@ -124,8 +129,9 @@ def build_head(method: str, target: str, headers: Headers, body: Any) -> tuple[b
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries at most one exchange at a time.
 
-    `on_idle_lost` is called when the connection closes or turns readable while
-    it waits in the pool (set by the pool while the connection is idle)."""
+    The pool sets `release_to` (called when an exchange ends) and `on_idle_lost`
+    (called when the connection closes or turns readable while `idle`), once per
+    connection."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -133,6 +139,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0
+        self.idle = False
+        self.release_to: Callable[[Connection, bool], None] | None = None
         self.on_idle_lost: Callable[[Connection], None] | None = None
         self.response: Response | None = None
         self._parser: httptools.HttpResponseParser | None = None
@@ -186,6 +194,10 @@ class Connection(asyncio.Protocol):
             self.close()
             self._idle_lost()
             return
+        if not response._head_seen:
+            # Counted before parsing: a segment may hold the head and some body; the exact
+            # size is computed only when this count passes the limit (on_headers_complete).
+            response._head_bytes += len(data)
         try:
             self._parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade:
@@ -202,39 +214,31 @@ class Connection(asyncio.Protocol):
                 response._fail(error)
                 self.close()
             return
-        if not response._head_seen:
-            response._head_bytes += len(data)
-            if response._head_bytes > response._max_header_bytes:
-                response._fail(UpstreamProtocolError(
-                    f"upstream response head larger than {response._max_header_bytes} bytes"
-                ))
-                self.close()
+        if not response._head_seen and response._head_bytes > response._max_header_bytes:
+            # An unfinished head already past the limit (a 20 MB header line stops here).
+            response._fail(UpstreamProtocolError(f"upstream response head larger than {response._max_header_bytes} bytes"))
+            self.close()
 
     # --- httptools callbacks (raising stops the parser; data_received catches) --------------
 
     def on_message_begin(self) -> None:
-        response = self.response
-        assert response is not None
-        if response._finished:
+        if self.response._finished:  # type: ignore[union-attr]
             raise _Surplus()
-        response._headers = []
-        response._header_count = response._header_size = response._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        response = self.response
-        assert response is not None
-        response._header_count += 1
-        response._header_size += len(name) + len(value) + 4
-        if response._header_count > response._max_headers:
-            raise UpstreamProtocolError(f"upstream response has more than {response._max_headers} headers")
-        if response._header_size > response._max_header_bytes:
-            raise UpstreamProtocolError(f"upstream response head larger than {response._max_header_bytes} bytes")
-        response._headers.append((name, value))
+        self.response._headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         response = self.response
         parser = self._parser
         assert response is not None and parser is not None
+        headers = response._headers
+        if len(headers) > response._max_headers:
+            raise UpstreamProtocolError(f"upstream response has more than {response._max_headers} headers")
+        if response._head_bytes > response._max_header_bytes:
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > response._max_header_bytes:
+                raise UpstreamProtocolError(f"upstream response head larger than {response._max_header_bytes} bytes")
         status = parser.get_status_code()
         if not 100 <= status <= 599:
             raise UpstreamProtocolError(f"upstream status {status} is outside 100-599")
@@ -242,20 +246,31 @@ class Connection(asyncio.Protocol):
             if status == 101:
                 if not response._upgrade:
                     raise UpstreamProtocolError("upstream switched protocols (101) though the request did not ask to")
-                response._head_received(status, False)
+                response._head_received(status, False, True)
                 return
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             response._interim = True
+            response._headers = []
+            response._head_bytes = 0
             return
+        # Framing, in one pass: llhttp already refused CL with TE and duplicate lengths.
+        framed = False
         te = None
-        for name, value in response._headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
-                if te is not None:
-                    raise UpstreamProtocolError("upstream sent Transfer-Encoding twice")
-                te = value
-        if te is not None and te.strip().lower() != b"chunked":
-            raise UpstreamProtocolError(f"upstream Transfer-Encoding {te[:40]!r} is not supported (only chunked)")
-        response._head_received(status, parser.should_keep_alive())
+        for name, value in headers:
+            n = len(name)
+            if n == 14 or n == 17:
+                lname = name.lower()
+                if lname == b"content-length":
+                    framed = True
+                elif lname == b"transfer-encoding":
+                    if te is not None:
+                        raise UpstreamProtocolError("upstream sent Transfer-Encoding twice")
+                    te = value
+        if te is not None:
+            if te.strip().lower() != b"chunked":
+                raise UpstreamProtocolError(f"upstream Transfer-Encoding {te[:40]!r} is not supported (only chunked)")
+            framed = True
+        response._head_received(status, parser.should_keep_alive(), framed)
 
     def on_body(self, body: bytes) -> None:
         response = self.response
@@ -306,9 +321,8 @@ class Connection(asyncio.Protocol):
         self._parser = None
 
     def _idle_lost(self) -> None:
-        callback, self.on_idle_lost = self.on_idle_lost, None
-        if callback is not None:
-            callback(self)
+        if self.idle and self.on_idle_lost is not None:
+            self.on_idle_lost(self)
 
 
 class _Surplus(Exception):
@@ -323,16 +337,15 @@ class Response:
     """
 
     __slots__ = (
-        "status", "_headers", "_conn", "_release", "_head", "_chunks", "_buffered",
+        "status", "_headers", "_conn", "_head", "_chunks", "_buffered",
         "_done", "_finished", "_error", "_waiter", "_keep_alive", "_interim", "_reading_paused",
         "_eof_body", "_writer", "_head_only", "_upgrade", "_released", "read_timeout",
-        "_head_seen", "_head_bytes", "_header_count", "_header_size", "_max_headers", "_max_header_bytes",
+        "_head_seen", "_head_bytes", "_max_headers", "_max_header_bytes",
     )
 
     def __init__(
         self,
         conn: Connection,
-        release: Callable[[Connection, bool], None],
         head_only: bool,
         upgrade: bool = False,
         max_headers: int = MAX_HEADERS,
@@ -341,7 +354,6 @@ class Response:
         self.status = 0
         self._headers: Headers = []
         self._conn = conn
-        self._release = release
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -359,8 +371,6 @@ class Response:
         self._released = False
         self._head_seen = False
         self._head_bytes = 0
-        self._header_count = 0
-        self._header_size = 0
         self._max_headers = max_headers
         self._max_header_bytes = max_header_bytes
         # Longest wait for the next piece of body (None: no limit). Set by the caller.
@@ -372,7 +382,7 @@ class Response:
 
     # --- called by the connection -------------------------------------------------------------
 
-    def _head_received(self, status: int, keep_alive: bool) -> None:
+    def _head_received(self, status: int, keep_alive: bool, framed: bool) -> None:
         self.status = status
         self._keep_alive = keep_alive
         self._head_seen = True
@@ -380,12 +390,6 @@ class Response:
             # No body, whatever the headers say; anything more from the upstream is surplus.
             self._done = self._finished = True
         else:
-            framed = False
-            for name, value in self._headers:
-                lname = name.lower()
-                if lname == b"content-length" or lname == b"transfer-encoding":
-                    framed = True
-                    break
             self._eof_body = not framed
         if not self._head.done():
             self._head.set_result(None)
@@ -495,7 +499,8 @@ class Response:
         conn.finish()
         if not reusable:
             conn.close()
-        self._release(conn, reusable)
+        if conn.release_to is not None:
+            conn.release_to(conn, reusable)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import socket
 import ssl
 import time
@@ -61,6 +62,14 @@ class PoolLimits:
     max_idle: int = 128
     idle_timeout_s: float = 60.0
     max_requests_per_connection: int = 0  # 0: unlimited
+    _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Part of every request's origin key: hash once, not per lookup.
+        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)[:5]))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 DEFAULT_LIMITS = PoolLimits()
@@ -91,7 +100,7 @@ class Origin:
 
     @property
     def pending(self) -> int:
-        return sum(1 for w in self.waiters if not w.done())
+        return len(self.waiters)  # a waiter leaves the queue when served or cancelled
 
 
 class UpstreamPool:
@@ -184,12 +193,13 @@ class UpstreamPool:
             self._closed(origin)
             return
         conn.idle_since = time.monotonic()
-        conn.on_idle_lost = lambda c: self._idle_lost(origin, c)
+        conn.idle = True
         idle.append(conn)
         if origin.timer is None:
             origin.timer = asyncio.get_running_loop().call_later(limits.idle_timeout_s, self._expire, origin)
 
     def _idle_lost(self, origin: Origin, conn: Connection) -> None:
+        conn.idle = False
         try:
             origin.idle.remove(conn)
         except ValueError:
@@ -204,7 +214,7 @@ class UpstreamPool:
         limit = time.monotonic() - origin.limits.idle_timeout_s
         while idle and idle[0].idle_since <= limit:
             conn = idle.popleft()
-            conn.on_idle_lost = None
+            conn.idle = False
             conn.close()
             self._closed(origin)
         if idle and self._origins.get(origin.key) is origin:
@@ -215,7 +225,7 @@ class UpstreamPool:
         idle = origin.idle
         while idle:
             conn = idle.pop()
-            conn.on_idle_lost = None
+            conn.idle = False
             if conn.usable():
                 return conn
             conn.close()
@@ -243,7 +253,12 @@ class UpstreamPool:
             try:
                 handed = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
+                if not waiter.done() or waiter.cancelled():
+                    try:
+                        origin.waiters.remove(waiter)
+                    except ValueError:
+                        pass
+                else:
                     # Woken and cancelled in the same breath: pass on what we were given.
                     gift = waiter.result()
                     if gift is not None:
@@ -259,13 +274,20 @@ class UpstreamPool:
                 handed.close()
                 origin.connecting += 1
         try:
-            return await self._connect(origin, connect_timeout)
+            conn = await self._open(origin, connect_timeout)
         except BaseException:
             origin.connecting -= 1
             self._closed(origin)
             raise
+        conn.release_to = functools.partial(self._release, origin)
+        conn.on_idle_lost = functools.partial(self._idle_lost, origin)
+        origin.connecting -= 1
+        if origin.waiters:
+            self._grant(origin)
+        return conn
 
-    async def _connect(self, origin: Origin, connect_timeout: float | None) -> Connection:
+    async def _open(self, origin: Origin, connect_timeout: float | None) -> Connection:
+        """A new connection to the origin (TCP, or TLS for https)."""
         scheme, host, port, _ = origin.key
         loop = asyncio.get_running_loop()
         try:
@@ -295,9 +317,6 @@ class UpstreamPool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        origin.connecting -= 1
-        if origin.waiters:
-            self._grant(origin)
         return conn
 
     # --- the exchange ---------------------------------------------------------------------
@@ -324,10 +343,7 @@ class UpstreamPool:
             raise UpstreamConnectError("the gateway is shutting down")
         origin = self._origin((scheme, host, port, limits or self.limits))
         conn = await self._acquire(origin, connect_timeout)
-        response = Response(
-            conn, lambda c, reusable: self._release(origin, c, reusable), method == "HEAD", upgrade,
-            self.max_headers, self.max_header_bytes,
-        )
+        response = Response(conn, method == "HEAD", upgrade, self.max_headers, self.max_header_bytes)
         transport = conn.transport
         if conn.closed or transport is None or transport.is_closing():
             # Lost between the check and now (cannot happen without a yield, kept as a guard).
@@ -361,7 +377,7 @@ class UpstreamPool:
         idle = origin.idle
         while idle:
             conn = idle.pop()
-            conn.on_idle_lost = None
+            conn.idle = False
             conn.close()
             self._closed(origin)
 
