@@ -121,6 +121,9 @@ class ServerConfig(Model):
     # Upstream response head limits (502 beyond them).
     max_upstream_header_bytes: PositiveInt = 65536
     max_upstream_headers: PositiveInt = 100
+    # A request head (line + headers) must arrive within this, or the connection is closed
+    # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
+    request_header_timeout_ms: NonNegativeInt = 10000
 
 
 class LoggingConfig(Model):
