@@ -739,3 +739,84 @@ def test_connection_pool_block_defaults_and_router_override():
     assert (first.max_connections, first.max_pending, first.idle_timeout_ms) == (1024, 5, 60000)
     assert (second.max_idle, second.max_pending) == (1, 1024)
     assert (config.server.max_upstream_header_bytes, config.server.max_upstream_headers) == (65536, 100)
+
+
+# --------------------------------------------------------------------------- through the gateway (in process)
+
+
+def gateway_app(port: int, **top):
+    import kairos
+
+    return kairos.create_app({
+        "routers": [{"external_path": "/api/{rest:path}", "internal_path": "/{rest}", "methods": ["GET", "POST"],
+                     "host": "http://127.0.0.1", "port": port}],
+        **top,
+    })
+
+
+async def test_gateway_answers_503_upstream_overloaded_at_once():
+    release = asyncio.Event()
+
+    async def script(up, reader, writer):
+        while True:
+            await up.read_request(reader)
+            await release.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    async with Upstream(script) as up:
+        app = gateway_app(up.port, connection_pool={"max_connections": 1, "max_pending": 0})
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+                first = asyncio.ensure_future(c.get("/api/a"))
+                await asyncio.sleep(0.1)
+                r = await c.get("/api/b")
+                assert (r.status_code, r.json()["type"]) == (503, "upstream_overloaded")
+                release.set()
+                assert (await first).status_code == 200
+                m = await c.get("/metrics")
+                assert f'kairos_upstream_connections_in_use{{backend="http://127.0.0.1:{up.port}"}} 0.0' in m.text
+                assert f'kairos_upstream_requests_pending{{backend="http://127.0.0.1:{up.port}"}} 0.0' in m.text
+        finally:
+            await app.state.gateway.aclose()
+
+
+async def test_gateway_502_for_invalid_framing_and_abort_after_the_head():
+    bad_te = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    async with Upstream(replies(bad_te)) as up:
+        app = gateway_app(up.port)
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+                r = await c.get("/api/a")
+                assert (r.status_code, r.json()["type"]) == (502, "upstream")
+                assert "invalid response" in r.json()["error"]
+        finally:
+            await app.state.gateway.aclose()
+    bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"
+    async with Upstream(replies(bad_chunk)) as up:
+        app = gateway_app(up.port)
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+                with pytest.raises(UpstreamError):  # the client's response is aborted, never ended cleanly
+                    await c.get("/api/a")
+        finally:
+            await app.state.gateway.aclose()
+
+
+async def test_reload_closes_idle_connections_of_removed_backends():
+    from kairos.config.loader import parse_config
+
+    async with Upstream(answer_forever(OK)) as up, Upstream(answer_forever(OK)) as other:
+        app = gateway_app(up.port)
+        gateway = app.state.gateway
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+                assert (await c.get("/api/a")).status_code == 200
+                gateway.swap(parse_config({"routers": [{
+                    "external_path": "/api/{rest:path}", "internal_path": "/{rest}", "methods": ["GET"],
+                    "host": "http://127.0.0.1", "port": other.port}]}, use_env=False))
+                await asyncio.wait_for(up.closed.wait(), 2)  # closed by the reload, not by a timer
+                assert (await c.get("/api/a")).status_code == 200
+                assert other.connections == 1
+        finally:
+            await gateway.aclose()

@@ -21,6 +21,7 @@ Both raise or map the same `UpstreamError` kinds.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from typing import Any
 
 import httpx
 
@@ -32,7 +33,7 @@ from kairos.upstream.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from kairos.upstream.pool import DEFAULT_LIMITS, PoolLimits, UpstreamPool
+from kairos.upstream.pool import DEFAULT_LIMITS, PoolLimits, UpstreamPool, pool_limits
 from kairos.upstream.transport import UpstreamTransport
 
 __all__ = [
@@ -90,6 +91,13 @@ class UpstreamClient:
             pool.limits = limits
             pool.max_header_bytes = max_header_bytes
             pool.max_headers = max_headers
+
+    def apply(self, config: Any) -> None:
+        """Take a GatewayConfig's `connection_pool` defaults and `server.max_upstream_*` bounds."""
+        self.configure(
+            pool_limits(config.connection_pool), config.server.max_upstream_header_bytes,
+            config.server.max_upstream_headers,
+        )
 
     def retain(self, origins: set[tuple[str, str, int]]) -> None:
         """Close idle connections to every origin not in `origins` (after a reload)."""

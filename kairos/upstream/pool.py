@@ -32,6 +32,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterable
+from typing import Any
 
 from kairos.observability import metrics
 from kairos.upstream.connection import (
@@ -73,6 +74,18 @@ class PoolLimits:
 
 
 DEFAULT_LIMITS = PoolLimits()
+
+
+@functools.lru_cache(maxsize=256)
+def pool_limits(config: Any) -> PoolLimits:
+    """PoolLimits from a `connection_pool` config block (kairos.config.connection_pool)."""
+    return PoolLimits(
+        max_connections=config.max_connections,
+        max_pending=config.max_pending,
+        max_idle=config.max_idle,
+        idle_timeout_s=config.idle_timeout_ms / 1000,
+        max_requests_per_connection=config.max_requests_per_connection,
+    )
 OriginKey = tuple[str, str, int, PoolLimits]
 
 
