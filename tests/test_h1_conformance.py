@@ -88,10 +88,14 @@ def replies(*answers: bytes | None, then_wait: bool = True) -> Script:
     return script
 
 
-def answer_forever(answer: bytes) -> Script:
+def answer_forever(answer: bytes, after: asyncio.Event | None = None) -> Script:
+    """Answer every request with `answer` (once `after` is set, when given)."""
+
     async def script(up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await up.read_request(reader)
+            if after is not None:
+                await after.wait()
             writer.write(answer)
             await writer.drain()
 
@@ -460,15 +464,7 @@ async def test_pool_gauges_in_metrics(client):
     from prometheus_client import REGISTRY
 
     release = asyncio.Event()
-
-    async def script(up, reader, writer):
-        while True:
-            await up.read_request(reader)
-            await release.wait()
-            writer.write(OK)
-            await writer.drain()
-
-    async with Upstream(script) as up:
+    async with Upstream(answer_forever(OK, after=release)) as up:
         label = f"http://127.0.0.1:{up.port}"
         limits = PoolLimits(max_connections=1)
         tasks = [asyncio.ensure_future(fetch(client, up.port, limits=limits)) for _ in range(3)]
@@ -756,15 +752,7 @@ def gateway_app(port: int, **top):
 
 async def test_gateway_answers_503_upstream_overloaded_at_once():
     release = asyncio.Event()
-
-    async def script(up, reader, writer):
-        while True:
-            await up.read_request(reader)
-            await release.wait()
-            writer.write(OK)
-            await writer.drain()
-
-    async with Upstream(script) as up:
+    async with Upstream(answer_forever(OK, after=release)) as up:
         app = gateway_app(up.port, connection_pool={"max_connections": 1, "max_pending": 0})
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:

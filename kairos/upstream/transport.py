@@ -34,21 +34,22 @@ class Requester(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Most specific first: UpstreamProtocolError is a kind of reset, ConnectTimeout of connect error.
+_HTTPX_ERRORS: tuple[tuple[type[UpstreamError], type[httpx.TransportError]], ...] = (
+    (UpstreamConnectTimeout, httpx.ConnectTimeout),
+    (UpstreamConnectError, httpx.ConnectError),
+    (UpstreamTimeout, httpx.ReadTimeout),
+    (UpstreamOverloaded, httpx.PoolTimeout),
+    (InvalidUpstreamRequest, httpx.LocalProtocolError),
+    (RequestBodyFailed, httpx.WriteError),
+    (UpstreamProtocolError, httpx.RemoteProtocolError),
+)
+
+
 def _httpx_error(exc: UpstreamError, request: httpx.Request) -> httpx.TransportError:
-    if isinstance(exc, UpstreamConnectTimeout):
-        return httpx.ConnectTimeout(str(exc), request=request)
-    if isinstance(exc, UpstreamConnectError):
-        return httpx.ConnectError(str(exc), request=request)
-    if isinstance(exc, UpstreamTimeout):
-        return httpx.ReadTimeout(str(exc), request=request)
-    if isinstance(exc, UpstreamOverloaded):
-        return httpx.PoolTimeout(str(exc), request=request)
-    if isinstance(exc, InvalidUpstreamRequest):
-        return httpx.LocalProtocolError(str(exc), request=request)
-    if isinstance(exc, RequestBodyFailed):
-        return httpx.WriteError(str(exc), request=request)
-    if isinstance(exc, UpstreamProtocolError):
-        return httpx.RemoteProtocolError(str(exc), request=request)
+    for ours, theirs in _HTTPX_ERRORS:
+        if isinstance(exc, ours):
+            return theirs(str(exc), request=request)
     return httpx.ReadError(str(exc), request=request)
 
 
