@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.cache import CacheConfig
+from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
@@ -450,6 +452,8 @@ class RouterConfig(Model):
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
     connection_pool: ConnectionPoolConfig | None = None
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -545,6 +549,8 @@ class GatewayConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")

@@ -44,6 +44,16 @@ UPSTREAM_REQUESTS_PENDING = Gauge(
     "kairos_upstream_requests_pending", "Requests waiting for an upstream connection", ["backend"],
     multiprocess_mode="livesum",
 )
+CACHE_REQUESTS = Counter("kairos_cache_requests_total", "Requests seen by the response cache", ["route", "result"])
+CACHE_BYTES = Gauge("kairos_cache_bytes", "Bytes held by the in-process response cache", ["backend"],
+                    multiprocess_mode="livesum")
+CACHE_ENTRIES = Gauge("kairos_cache_entries", "Entries in the in-process response cache", ["backend"],
+                      multiprocess_mode="livesum")
+CACHE_EVICTIONS = Counter("kairos_cache_evictions_total", "Entries evicted to stay within memory_bytes", ["backend"])
+CACHE_BACKEND_ERRORS = Counter("kairos_cache_backend_errors_total", "Cache storage failures (requests bypassed)")
+GATEWAY_ERRORS = Counter(
+    "kairos_gateway_errors_total", "Answers the gateway gave itself (its JSON errors), by error kind", ["route", "kind"]
+)
 
 
 # --------------------------------------------------------------------------- cached children
@@ -61,6 +71,16 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
         children = _requests[key] = (REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route, method))
     children[0].inc()
     children[1].observe(seconds)
+
+
+_gateway_errors: dict[tuple[str, str], Any] = {}
+
+
+def count_gateway_error(route: str, kind: str) -> None:
+    child = _gateway_errors.get((route, kind))
+    if child is None:
+        child = _gateway_errors[(route, kind)] = GATEWAY_ERRORS.labels(route, kind)
+    child.inc()
 
 
 class ActiveRequests:
