@@ -173,7 +173,8 @@ def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make
     api = route(a, name="api")
     api["backends"] = [a.backend(), b.backend()]
     errors = route(a, name="errors", external="/err", internal="/status/500", methods=["GET"])
-    gw = start_admin_gateway(gateway, config(api, slow, errors))
+    cached = route(a, name="cached", external="/c/{id}", methods=["GET"], cache={"enabled": True, "ttl_secs": 60})
+    gw = start_admin_gateway(gateway, config(api, slow, errors, cached))
     with admin_client(gw) as admin, httpx.Client(base_url=gw.url, trust_env=False, timeout=10) as proxy:
         results: list[int] = []
         t = threading.Thread(target=lambda: results.append(proxy.get("/slow?ms=800").status_code))
@@ -193,6 +194,18 @@ def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make
         assert admin.post(f"/admin/clusters/{busy['address'].partition('://')[2]}/undrain").json()["drained"] is False
         assert len({proxy.get(f"/api/{i}").headers["x-upstream"] for i in range(6)}) == 2
         assert admin.post("/admin/clusters/10.9.9.9:1/drain").status_code == 404
+
+        # Cache purge: by route id, by path prefix; an unknown route is a 404.
+        for _ in range(2):
+            last = proxy.get("/c/1")
+        assert last.headers["x-cache"] == "HIT"
+        r = admin.delete("/admin/cache", params={"route": "cached"})
+        assert r.status_code == 200 and r.json()["removed"] == 1
+        assert proxy.get("/c/1").headers["x-cache"] == "MISS"
+        assert admin.delete("/admin/cache", params={"prefix": "/c/"}).json()["removed"] == 1
+        assert admin.delete("/admin/cache", params={"route": "nope"}).status_code == 404
+        with admin_client(gw, VIEWER_TOKEN) as viewer:
+            assert viewer.delete("/admin/cache").status_code == 403
 
         for i in range(20):
             assert proxy.get(f"/api/{i}").status_code == 200
