@@ -24,7 +24,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.tracing.config import TracingConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -434,6 +436,7 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    discovery: DiscoveryConfig | None = None
 
     @field_validator("external_path")
     @classmethod
@@ -479,6 +482,10 @@ class RouterConfig(Model):
     @model_validator(mode="after")
     def _backend_form(self) -> RouterConfig:
         legacy = self.host is not None or self.port is not None
+        if self.discovery is not None and self.discovery.type == "dns_srv":
+            if legacy or self.backends is not None:
+                raise problem("with discovery type dns_srv the backends come from SRV records: remove 'backends'/'host'")
+            return self
         if legacy and self.backends is not None:
             raise problem("give either 'host'+'port' or 'backends', not both")
         if not legacy and not self.backends:
@@ -492,6 +499,8 @@ class RouterConfig(Model):
         """The backends, with the legacy `host`+`port` form as a single backend."""
         if self.backends is not None:
             return tuple(self.backends)
+        if self.host is None:
+            return ()  # dns_srv: discovered
         return (BackendConfig(host=self.host, port=self.port),)  # type: ignore[arg-type]
 
 
@@ -514,6 +523,15 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    discovery: DiscoveryConfig | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @field_validator("discovery")
+    @classmethod
+    def _discovery_default(cls, value: DiscoveryConfig | None) -> DiscoveryConfig | None:
+        if value is not None and value.type == "dns_srv":
+            raise problem("dns_srv names one service: set it on the router that uses it")
+        return value
 
     @field_validator("version")
     @classmethod

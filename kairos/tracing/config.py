@@ -3,6 +3,7 @@
 Enabling it needs the OpenTelemetry SDK (and, for `otlp_http`, its exporter),
 shipped as the optional extra `kairos-gateway[otel]`: without them the config is
 refused with a message naming the extra, never an ImportError at the first request.
+This module imports pydantic only: kairos.config.models imports it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-
-from kairos.config.models import Model, problem
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 EXTRA = "pip install 'kairos-gateway[otel]'"
 
@@ -25,7 +25,14 @@ def _importable(module: str) -> bool:
     return True
 
 
-class TracingConfig(Model):
+def problem(message: str) -> PydanticCustomError:
+    return PydanticCustomError("kairos", message)
+
+
+class TracingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
     enabled: bool = False
     exporter: Literal["otlp_http", "console", "none"] = "otlp_http"
     endpoint: str = "http://127.0.0.1:4318/v1/traces"

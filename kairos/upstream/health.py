@@ -88,7 +88,7 @@ class HealthChecker:
         self.timeout_s = cfg.timeout_ms / 1000
         self.ranges = cfg.status_ranges()
         self.url = spec.backend.origin + spec.path
-        self.headers = {"host": spec.backend.netloc, "user-agent": "kairos-health-check", "connection": "keep-alive"}
+        self.headers = {"host": spec.backend.host_header.decode("ascii"), "user-agent": "kairos-health-check", "connection": "keep-alive"}
 
     async def probe(self) -> tuple[bool, str]:
         try:
