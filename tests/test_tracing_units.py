@@ -4,6 +4,7 @@ W3C propagation in both sampling states, refusal events."""
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -198,3 +199,41 @@ def test_a_reload_keeps_the_tracer_unless_the_block_changes():
     assert second is not first
     assert tracers.for_config(TracingConfig()) is None
     tracers.shutdown()
+
+
+# ---------------------------------------------------------------------------- export
+async def test_spans_leave_the_process_batched_over_otlp_http():
+    from otlp_receiver import OtlpReceiver
+
+    receiver = OtlpReceiver().start()
+    try:
+        config = TracingConfig(enabled=True, endpoint=receiver.endpoint, sampler="always_on", service_name="edge-gw",
+                               headers={"x-api-key": "k-123"})
+        tracer = Tracer(config)
+        for _ in range(20):
+            await run(Tracing(upstream_app(), tracer, "/api/{id}"), scope())
+        tracer.flush()
+        spans = receiver.wait_for(40)
+        tracer.shutdown()
+    finally:
+        receiver.stop()
+    assert len(spans) == 40  # a server and a client span per request
+    assert len(receiver.posts) < 20 and max(len(p) for p in receiver.posts) > 1  # batched, not one post per span
+    assert {s["resource"]["service.name"] for s in spans} == {"edge-gw"}
+    assert all(h["x-api-key"] == "k-123" and h["content-type"] == "application/x-protobuf" for h in receiver.headers)
+    servers = [s for s in spans if s["kind"] == 2]
+    assert len(servers) == 20 and servers[0]["name"] == "GET /api/{id}"
+    assert servers[0]["attributes"]["http.route"] == "/api/{id}"
+
+
+async def test_a_collector_that_refuses_connections_does_not_stop_requests():
+    from conftest import free_port
+
+    config = TracingConfig(enabled=True, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", sampler="always_on")
+    tracer = Tracer(config)
+    statuses = []
+    for _ in range(300):
+        sent = await run(Tracing(upstream_app(), tracer, "/api/{id}"), scope())
+        statuses.append(sent[0]["status"])
+    assert statuses == [200] * 300  # every request answered; the export fails on the SDK's thread
+    threading.Thread(target=tracer.shutdown, daemon=True).start()
