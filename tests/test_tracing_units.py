@@ -48,7 +48,7 @@ def upstream_app(attempts: int = 1, status: int = 200, forwarded: list | None = 
         trace = s["kairos.trace"]
         for n in range(attempts):
             headers: list[tuple[bytes, bytes]] = []
-            span = trace.attempt("GET", "http://10.0.0.5:9000", "10.0.0.5", 9000, "/7?q=secret", n, headers)
+            span = trace.attempt("GET", "http://10.0.0.5:9000", "10.0.0.5", 9000, "/7?q=secret", headers)
             if forwarded is not None:
                 forwarded.append(dict(headers))
             trace.attempt_done(span, 503 if n < attempts - 1 else status)

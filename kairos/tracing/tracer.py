@@ -112,23 +112,27 @@ class Tracer:
 class RequestTrace:
     """What travels in `scope["kairos.trace"]`: the server span and its context."""
 
-    __slots__ = ("tracer", "span", "context", "recording")
+    __slots__ = ("tracer", "span", "context", "recording", "attempts")
 
     def __init__(self, tracer: trace_api.Tracer, span: trace_api.Span) -> None:
         self.tracer = tracer
         self.span = span
         self.context = trace_api.set_span_in_context(span)
         self.recording = span.is_recording()
+        self.attempts = 0  # upstream attempts so far: the next one's number
 
     @property
     def trace_id(self) -> str:
         return format(self.span.get_span_context().trace_id, "032x")
 
     def attempt(
-        self, method: str, origin: str, host: str, port: int, path: str, attempt: int, headers: list[tuple[bytes, bytes]]
+        self, method: str, origin: str, host: str, port: int, path: str, headers: list[tuple[bytes, bytes]]
     ) -> trace_api.Span:
-        """Start the client span of one upstream attempt and append its `traceparent`
-        (and `tracestate`) to `headers`: the upstream's parent is this span."""
+        """Start the client span of the next upstream attempt and append its `traceparent`
+        (and `tracestate`) to `headers`: the upstream's parent is this span. Attempts
+        are numbered from 0 in the order they are made (retries are siblings)."""
+        attempt = self.attempts
+        self.attempts = attempt + 1
         if not self.recording:
             # Not sampled: the SDK would make a NonRecordingSpan just to carry a new span id,
             # so the id is made here and written as the propagator writes it (~5 us less).
