@@ -16,7 +16,8 @@ from kairos.discovery.resolver import DnsResolver, Endpoint, ResolutionError
 from kairos.discovery.supervisor import DiscoverySupervisor
 from kairos.upstream.balancer import make_balancer
 from kairos.upstream.breaker import OPEN, CircuitBreaker
-from kairos.upstream.cluster import Backend, Cluster
+from kairos.upstream.backend import Backend
+from kairos.upstream.cluster import Cluster
 from kairos.upstream.outlier import OutlierDetector
 
 

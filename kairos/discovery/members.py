@@ -21,7 +21,8 @@ from kairos.config.models import BackendConfig
 from kairos.discovery.config import DiscoveryConfig
 from kairos.discovery.resolver import Endpoint
 from kairos.upstream.breaker import CircuitBreaker, NoBreaker
-from kairos.upstream.cluster import Backend, Cluster
+from kairos.upstream.backend import Backend
+from kairos.upstream.cluster import Cluster
 
 
 def is_discoverable(host: str) -> bool:
