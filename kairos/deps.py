@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig
 from kairos.edge import EdgeState
+from kairos.tracing.tracers import Tracers
 from kairos.types import ASGIApp
 from kairos.upstream.client import UpstreamClient
 
@@ -27,7 +28,7 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock")
+    __slots__ = ("upstream", "edge", "clock", "tracers")
 
     def __init__(
         self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
@@ -35,6 +36,7 @@ class LayerDeps:
         self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
         self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
         self.clock = clock
+        self.tracers = Tracers()  # the OpenTelemetry tracer of the current `tracing` block, if enabled
 
 
 class CompiledConfig(Protocol):

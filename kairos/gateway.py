@@ -23,6 +23,7 @@ from kairos import __version__
 from kairos.config import ConfigError, GatewayConfig, load_config
 from kairos.config.watch import ConfigWatcher, file_digest
 from kairos.deps import LayerDeps
+from kairos.discovery.supervisor import DiscoverySupervisor
 from kairos.edge import EdgeState
 from kairos.observability import metrics
 from kairos.observability.logging import access_log_writer, log_event, redact, set_level
@@ -47,7 +48,10 @@ class Gateway:
         self.health_running = False
         self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
         self.deps = LayerDeps(self.upstream, self.edge)
+        # DNS discovery: background lookups that change route clusters' members.
+        self.discovery = DiscoverySupervisor(self._members_changed)
         self.runtime: Runtime = compile_runtime(config, self.deps)
+        self.discovery.sync(self.runtime.discovered)
         self.edge.prune()
 
     @property
@@ -63,6 +67,7 @@ class Gateway:
             self.edge.prune(keep_all=True)
             raise
         self.runtime = runtime
+        self.discovery.sync(runtime.discovered)  # last good answers at once; loops follow the config
         forget_backends(set(previous.backends) - set(runtime.backends))
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
@@ -70,6 +75,12 @@ class Gateway:
         for backend in self.edge.prune():
             _close_later(backend.aclose())
         return runtime
+
+    def _members_changed(self, added: list[str], removed: list[str]) -> None:
+        """DNS discovery changed a cluster of the current runtime: probes and gauges follow."""
+        forget_backends(self.runtime.members_changed())
+        if self.health_running:
+            self.health.sync(self.runtime.health_checks, self.upstream.http)
 
     def reload(self, trigger: str = "signal") -> bool:
         """Re-read the config file, validate and compile it, swap it in; on any problem keep the old one.
@@ -112,12 +123,16 @@ class Gateway:
     async def start(self) -> None:
         await self.upstream.start()
         await self.edge.start()
+        # The first DNS answers before the first request (bounded by the lookups' timeouts).
+        await self.discovery.start()
         self.health.sync(self.runtime.health_checks, self.upstream.http)
         self.health_running = True
 
     async def aclose(self) -> None:
         self.health_running = False
+        await self.discovery.aclose()
         await self.health.aclose()
+        self.deps.tracers.shutdown()  # flushes the queued spans (bounded by the exporter's timeout)
         await self.edge.aclose()
         await self.upstream.aclose()
 

@@ -33,6 +33,7 @@ from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
+from kairos.tracing.layer import tracing_layer
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 LayerFactory = Callable[[CompiledRoute, LayerDeps], Wrap | None]
@@ -44,6 +45,7 @@ class Layer(NamedTuple):
 
 
 LAYERS: tuple[Layer, ...] = (
+    Layer("tracing", tracing_layer),  # the server span; sees every refusal below as an event
     Layer("ip_rules", ip_rules_layer),  # 403 before anything else looks at the request
     Layer("cors", cors_layer),  # preflights answered here, even for unauthenticated clients
     Layer("body_limit", body_limit_layer),  # 413 on the declared length; counts a streamed body
@@ -54,8 +56,6 @@ LAYERS: tuple[Layer, ...] = (
     #   cache        answers from its store; records what the layers below return
     #   transform    request and response rewriting, closest to the upstream
     #   websocket    takes upgrade requests; plain HTTP passes through
-    #   tracing      a span per request: first in this list if it needs the route, else a
-    #                global layer in app.py (it then also sees 404s and the gateway's own errors)
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay
 )
 

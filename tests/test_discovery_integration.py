@@ -106,7 +106,7 @@ def test_every_a_record_becomes_a_backend_and_changes_apply_without_dropping_req
         removed = metric_value(metrics, "kairos_discovery_membership_changes_total", route="/svc/{rest:path}",
                                change="removed")
         assert (added, removed) == (2, 1)
-        assert metric_value(metrics, "kairos_discovery_resolutions_total", name="users.test", result="error") >= 1
+        assert metric_value(metrics, "kairos_discovery_resolutions_total", dns_name="users.test", result="error") >= 1
         assert f'kairos_backend_up{{backend="{gone}"}}' not in metrics  # the removed member's series went
     finally:
         a.stop()

@@ -177,16 +177,16 @@ async def test_loops_follow_dns_and_keep_the_last_good_set_when_it_fails(dns):
         dns.set("loop.test", "A", ["10.0.0.1", "10.0.0.2"])
         await eventually(lambda: len(route.cluster.backends) == 2)
         assert changes[-1] == (["http://10.0.0.2:80"], [])
-        errors = sample("kairos_discovery_resolutions_total", {"name": "loop.test", "result": "error"})
+        errors = sample("kairos_discovery_resolutions_total", {"dns_name": "loop.test", "result": "error"})
         dns.fail = "servfail"
         await eventually(lambda: sample("kairos_discovery_resolutions_total",
-                                        {"name": "loop.test", "result": "error"}) >= errors + 2)
+                                        {"dns_name": "loop.test", "result": "error"}) >= errors + 2)
         assert len(route.cluster.backends) == 2  # last good set kept
         dns.fail = None
         dns.set("loop.test", "A", ["10.0.0.2"])
         await eventually(lambda: route.addresses() == ["http://10.0.0.2:80"])
         assert sample("kairos_discovery_membership_changes_total", {"route": "/users", "change": "added"}) == before + 2
-        assert sample("kairos_discovery_endpoints", {"name": "loop.test"}) == 1
+        assert sample("kairos_discovery_endpoints", {"dns_name": "loop.test"}) == 1
     finally:
         await supervisor.aclose()
 

@@ -13,7 +13,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from kairos.config import ConfigError, parse_config
 from kairos.errors import GatewayError
 from kairos.tracing.config import TracingConfig
-from kairos.tracing.layer import Tracers, Tracing
+from kairos.tracing.layer import Tracing
+from kairos.tracing.tracers import Tracers
 from kairos.tracing.tracer import Tracer
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

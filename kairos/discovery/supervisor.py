@@ -83,13 +83,15 @@ class DiscoverySupervisor:
 
     # ------------------------------------------------------------------ loops
     async def start(self, wait_s: float | None = None) -> None:
-        """Start the loops; wait up to `wait_s` for each to have tried once (so the first
-        requests find the backends DNS knows)."""
+        """Start the loops; wait up to `wait_s` (default: twice the longest lookup timeout)
+        for each to have tried once, so the first requests find the backends DNS knows."""
         self.running = True
         wanted: set[Lookup] = set()
         for dc in self.clusters:
             wanted |= dc.lookups
         self._start_missing(wanted)
+        if wait_s is None and wanted:
+            wait_s = 2 * max(lookup.timeout_ms for lookup in wanted) / 1000
         events = [self.first_round[lk].wait() for lk in wanted if lk in self.first_round]
         if events and wait_s:
             with contextlib.suppress(TimeoutError):

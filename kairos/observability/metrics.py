@@ -36,13 +36,13 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
-DISCOVERY_RESOLUTIONS = Counter("kairos_discovery_resolutions_total", "DNS discovery lookups", ["name", "result"])
+DISCOVERY_RESOLUTIONS = Counter("kairos_discovery_resolutions_total", "DNS discovery lookups", ["dns_name", "result"])
 DISCOVERY_CHANGES = Counter(
     "kairos_discovery_membership_changes_total", "Backends added to or removed from a route by DNS discovery",
     ["route", "change"],
 )
 DISCOVERY_ENDPOINTS = Gauge(
-    "kairos_discovery_endpoints", "Addresses in a name's last good DNS answer", ["name"], multiprocess_mode="max"
+    "kairos_discovery_endpoints", "Addresses in a name's last good DNS answer", ["dns_name"], multiprocess_mode="max"
 )
 
 

@@ -11,25 +11,41 @@ span events (breaker, rate limit, auth, IP rules) before the error is answered.
 
 from __future__ import annotations
 
-import threading
+from functools import partial
+from typing import TYPE_CHECKING
 
 from kairos.errors import GatewayError
-from kairos.tracing.config import TracingConfig
-from kairos.tracing.tracer import ERROR, REFUSAL_EVENTS, RequestTrace, Tracer
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
-# The client's own trace headers are replaced by the attempt's (see RequestTrace.attempt).
+if TYPE_CHECKING:  # the SDK is imported only when tracing is enabled (it is an optional extra)
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
+    from kairos.tracing.config import TracingConfig
+    from kairos.tracing.tracer import RequestTrace, Tracer
+
+# The client's own trace headers are replaced by each attempt's (RequestTrace.attempt).
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+
+# GatewayError kinds that are refusals, as the span event names they become.
+REFUSAL_EVENTS = {
+    "circuit_open": "circuit_breaker_rejected",
+    "no_healthy_backend": "no_healthy_backend",
+    "rate_limit_exceeded": "rate_limited",
+    "rate_limit_unavailable": "rate_limited",
+    "authentication_error": "auth_refused",
+    "forbidden": "ip_refused",
+}
 
 
 class Tracing:
-    __slots__ = ("app", "tracer", "route", "names")
+    __slots__ = ("app", "tracer", "route", "names", "error")
 
     def __init__(self, app: ASGIApp, tracer: Tracer, route: str) -> None:
         self.app = app
         self.tracer = tracer
         self.route = route
         self.names: dict[str, str] = {}
+        self.error = tracer.error_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -71,7 +87,7 @@ class Tracing:
             if status:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
-                    span.set_status(ERROR)
+                    span.set_status(self.error)
             backend = scope.get("kairos.backend")
             if backend is not None:
                 span.set_attribute("kairos.backend", backend)
@@ -101,29 +117,10 @@ class Tracing:
         trace.span.set_attributes(attributes)
 
 
-class Tracers:
-    """The process's current Tracer, rebuilt only when the `tracing` block changes.
-
-    A replaced provider is shut down (its queue flushed) on a thread of its own,
-    so a reload never waits for a slow collector."""
-
-    def __init__(self) -> None:
-        self.current: Tracer | None = None
-
-    def for_config(self, config: TracingConfig) -> Tracer | None:
-        current = self.current
-        if current is not None and current.config == config:
-            return current
-        self.current = Tracer(config) if config.enabled else None
-        if current is not None:
-            threading.Thread(target=current.shutdown, name="kairos-tracer-shutdown", daemon=True).start()
-        return self.current
-
-    def shutdown(self) -> None:
-        if self.current is not None:
-            self.current.shutdown()
-            self.current = None
-
-
-def tracing_layer(app: ASGIApp, tracer: Tracer | None, route: str) -> ASGIApp:
-    return app if tracer is None else Tracing(app, tracer, route)
+def tracing_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    """First in every route's chain when `tracing.enabled` (top level only); else no layer."""
+    tracer = deps.tracers.for_config(route.root.tracing)
+    if tracer is None:
+        return None
+    route.strip_headers = route.strip_headers | TRACE_HEADERS
+    return partial(Tracing, tracer=tracer, route=route.name)

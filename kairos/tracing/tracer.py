@@ -36,17 +36,6 @@ SERVER = SpanKind.SERVER
 CLIENT = SpanKind.CLIENT
 ERROR = Status(StatusCode.ERROR)
 
-# GatewayError kinds that are refusals, as the span event names they become.
-REFUSAL_EVENTS = {
-    "circuit_open": "circuit_breaker_rejected",
-    "no_healthy_backend": "no_healthy_backend",
-    "rate_limit_exceeded": "rate_limited",
-    "rate_limit_unavailable": "rate_limited",
-    "authentication_error": "auth_refused",
-    "forbidden": "ip_refused",
-}
-
-
 def make_sampler(config: TracingConfig) -> Sampler:
     if config.sampler == "always_on":
         return ALWAYS_ON
@@ -72,6 +61,8 @@ def make_exporter(config: TracingConfig) -> SpanExporter | None:
 
 class Tracer:
     """One TracerProvider for one `tracing` block (a reload with the same block keeps it)."""
+
+    error_status = ERROR
 
     def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None, *, batch: bool = True) -> None:
         self.config = config

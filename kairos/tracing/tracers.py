@@ -1,0 +1,43 @@
+"""The process's current tracer, kept across reloads (a handle in kairos.deps.LayerDeps).
+
+This module does not import OpenTelemetry: the SDK is an optional extra, loaded
+only when a config enables tracing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kairos.tracing.config import TracingConfig
+    from kairos.tracing.tracer import Tracer
+
+
+class Tracers:
+    """The process's current Tracer, rebuilt only when the `tracing` block changes.
+
+    A replaced provider is shut down (its queue flushed) on a thread of its own,
+    so a reload never waits for a slow collector."""
+
+    def __init__(self) -> None:
+        self.current: Tracer | None = None
+
+    def for_config(self, config: TracingConfig) -> Tracer | None:
+        current = self.current
+        if current is not None and current.config == config:
+            return current
+        if config.enabled:
+            from kairos.tracing.tracer import Tracer
+
+            self.current = Tracer(config)
+        else:
+            self.current = None
+        if current is not None:
+            threading.Thread(target=current.shutdown, name="kairos-tracer-shutdown", daemon=True).start()
+        return self.current
+
+    def shutdown(self) -> None:
+        if self.current is not None:
+            self.current.shutdown()
+            self.current = None
