@@ -132,7 +132,7 @@ class Gateway:
         self.health_running = False
         await self.discovery.aclose()
         await self.health.aclose()
-        self.deps.tracers.shutdown()  # flushes the queued spans (bounded by the exporter's timeout)
+        await self.deps.tracers.aclose()  # flushes the queued spans, waiting 2 s at most
         await self.edge.aclose()
         await self.upstream.aclose()
 

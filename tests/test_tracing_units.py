@@ -191,15 +191,16 @@ async def test_an_unexpected_error_is_recorded_on_the_span():
     assert server.events[0].name == "exception"
 
 
-def test_a_reload_keeps_the_tracer_unless_the_block_changes():
+async def test_a_reload_keeps_the_tracer_unless_the_block_changes():
     tracers = Tracers()
     assert tracers.for_config(TracingConfig()) is None
     first = tracers.for_config(TracingConfig(enabled=True, exporter="none"))
     assert first is not None and tracers.for_config(TracingConfig(enabled=True, exporter="none")) is first
     second = tracers.for_config(TracingConfig(enabled=True, exporter="none", ratio=0.5))
     assert second is not first
-    assert tracers.for_config(TracingConfig()) is None
-    tracers.shutdown()
+    assert tracers.for_config(TracingConfig(enabled=True, exporter="none")) is not None
+    await tracers.aclose()
+    assert tracers.current is None
 
 
 # ---------------------------------------------------------------------------- export

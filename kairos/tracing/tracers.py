@@ -6,7 +6,9 @@ only when a config enables tracing.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,7 +39,14 @@ class Tracers:
             threading.Thread(target=current.shutdown, name="kairos-tracer-shutdown", daemon=True).start()
         return self.current
 
-    def shutdown(self) -> None:
-        if self.current is not None:
-            self.current.shutdown()
-            self.current = None
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Flush and stop the current tracer at shutdown, waiting at most `timeout_s`: a collector
+        that is down must not hold the process (the SDK's exporter retries for up to 5 s)."""
+        current, self.current = self.current, None
+        if current is None:
+            return
+        thread = threading.Thread(target=current.shutdown, name="kairos-tracer-shutdown", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        while thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
