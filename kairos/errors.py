@@ -18,6 +18,7 @@ STATUS = {
     "bad_request": 400,
     "payload_too_large": 413,
     "header_too_large": 431,
+    "uri_too_long": 414,
     "authentication_error": 401,
     "rate_limit_exceeded": 429,
     "upstream": 502,
@@ -59,7 +60,11 @@ async def send_error(
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer the request with a JSON error (HEAD gets the headers only)."""
+    """Answer the request with a JSON error (HEAD gets the headers only).
+
+    The kind goes into scope["kairos.error"]: the access log writes it and counts it in
+    kairos_gateway_errors_total."""
+    scope["kairos.error"] = kind
     body = error_body(kind, message, scope.get("kairos.request_id", ""))
     raw = [
         (b"content-type", b"application/json"),

@@ -68,6 +68,9 @@ class AccessLog:
                 method = "other"
             status = exchange.status or 500  # nothing was sent: the error middleware answers 500
             metrics.observe_request(route_name, method, status, duration)
+            error = scope.get("kairos.error")
+            if error is not None:
+                metrics.count_gateway_error(route_name, error)
             if log_on:
                 user_agent = b""
                 for name, value in scope["headers"]:
@@ -94,7 +97,6 @@ class AccessLog:
                 trace_id = scope.get("kairos.trace_id")
                 if trace_id is not None:
                     record["trace_id"] = trace_id
-                error = scope.get("kairos.error")
                 if error is not None:
                     record["error"] = error
                 self.writer.write(record)
