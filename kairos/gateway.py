@@ -41,6 +41,7 @@ class Gateway:
         self.config_path = config_path
         self.config_digest: bytes | None = None  # of the file the running config was read from
         self.upstream = UpstreamClient()
+        self.upstream.apply(config)
         self.started_at = time.monotonic()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the lifespan (signal handlers use it)
@@ -72,6 +73,9 @@ class Gateway:
         self.runtime = runtime
         self.discovery.sync(runtime.discovered)  # last good answers at once; loops follow the config
         forget_backends(set(previous.backends) - set(runtime.backends))
+        self.upstream.apply(config)
+        # Idle connections to backends the new config dropped are closed now, not at their timeout.
+        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in runtime.backends.values()})
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)
