@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kairos.config.models import RESERVED_PATHS, GatewayConfig, RouterConfig
 from kairos.routing import Router, parse_pattern
+from kairos.transform.config import route_problems as transformation_problems
 
 DEFAULT_CONFIG_PATH = "./config.json"
 ENV_PREFIX = "KAIROS_"
@@ -214,6 +215,12 @@ def cross_checks(config: GatewayConfig) -> list[str]:
             if r.auth_required:
                 problems.append(_NO_JWT.format(i=i))
     problems += _route_conflicts([(r.external_path, r.methods) for r in config.routers])
+    for i, r in enumerate(config.routers):
+        if r.request_transformation is not None or r.response_transformation is not None:
+            problems += transformation_problems(
+                f"routers[{i}]", r.request_transformation, r.response_transformation,
+                parse_pattern(r.external_path).param_names, r.auth_required,
+            )
     return problems
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -434,6 +435,8 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
 
     @field_validator("external_path")
     @classmethod
