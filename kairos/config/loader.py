@@ -190,12 +190,17 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in _keys(model):
             return []
-        model = _model_of(model.model_fields[part].annotation)
+        model = _model_of(_keys(model)[part].annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return list(_keys(model))
     return []
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the key written in the config (its alias, e.g. 'json', 'from')."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
 def _unique(items: list[str]) -> list[str]:
