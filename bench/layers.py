@@ -79,6 +79,27 @@ def edge_layers() -> dict:
     return layers
 
 
+def transform_layers() -> dict:
+    """A route with five header edits and a path rewrite (issue 12); a plain route has no layer at all."""
+    from kairos.routing import PathTemplate
+    from kairos.transform.config import RequestTransformation
+    from kairos.transform.layer import transform_layer
+
+    request = RequestTransformation.model_validate({
+        "headers": [
+            {"action": "add", "name": "X-Forwarded-By", "value": "kairos-gateway"},
+            {"action": "set", "name": "X-Request-Tag", "value": "{request_id}"},
+            {"action": "remove", "name": "Cookie"},
+            {"action": "rename", "name": "Accept", "to": "X-Accept"},
+            {"action": "replace", "name": "User-Agent", "pattern": "bench/(\\d+)", "replacement": "kairos/$1"},
+        ],
+        "path": {"pattern": "^/api/(.+)$", "replacement": "/v2/$1"},
+    })
+    layer = transform_layer(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), request, None)
+    assert layer is not noop and transform_layer(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), None, None) is noop
+    return {"transform: 5 header edits + path rewrite": (layer, [])}
+
+
 async def main() -> None:
     app = create_app({"version": 1, "routers": []})
     gateway = app.state.gateway
@@ -97,7 +118,7 @@ async def main() -> None:
         await run(layer, 20_000)
         t = min([await run(layer, N) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")
-    for name, (layer, extra) in edge_layers().items():
+    for name, (layer, extra) in {**edge_layers(), **transform_layers()}.items():
         await run(layer, 20_000, extra)
         t = min([await run(layer, N, extra) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")

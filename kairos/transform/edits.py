@@ -19,7 +19,7 @@ from kairos.transform import jsonpointer
 from kairos.transform.condition import Check, compile_condition
 from kairos.transform.config import ACTIONS, JsonEdit, PathRewrite, StatusMapping, _Edit
 from kairos.transform.rustre import compile_rust
-from kairos.transform.template import Template
+from kairos.transform.template import GROUP, Template
 from kairos.transform.view import RequestView
 
 Headers = list[tuple[bytes, bytes]]
@@ -36,7 +36,7 @@ def _sorted(edits: list) -> list:
 class _Op:
     """One compiled header or query edit."""
 
-    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label")
+    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "sub_template")
 
     def __init__(self, edit: _Edit, *, header: bool) -> None:
         self.action = edit.action
@@ -46,9 +46,15 @@ class _Op:
         self.replacement = Template(edit.replacement, groups=True) if edit.replacement is not None else None
         if self.regex is not None and self.replacement is not None:
             self.replacement.bind_groups(self.regex)
+        # A replacement without templates runs as re's own template (parsed once and cached by re).
+        self.sub_template = python_template(self.replacement) if self.replacement is not None else None
+        self.constant: bytes | None = None  # a header value known at load time, encoded once
         if header:
             self.name: Any = edit.name.lower().encode("latin-1")
             self.to: Any = edit.to.lower().encode("latin-1") if edit.to is not None else None
+            if self.value is not None and self.value.constant is not None:
+                if not _UNSAFE_VALUE.search(self.value.constant):
+                    self.constant = _to_bytes(self.value.constant)
         else:
             self.name = edit.name
             self.to = edit.to
@@ -59,9 +65,25 @@ class _Op:
                     self.value.constant = "".join(self.value.parts)  # type: ignore[arg-type]
 
     def substitute(self, text: str, view: RequestView) -> str:
+        assert self.regex is not None
+        if self.sub_template is not None:
+            return self.regex.sub(self.sub_template, text)
         replacement = self.replacement
-        assert self.regex is not None and replacement is not None
+        assert replacement is not None
         return self.regex.sub(lambda m: replacement.render(view, match=m), text)
+
+
+def python_template(replacement: Template) -> str | None:
+    """The replacement in re.sub's own template syntax, when it has only literals and groups."""
+    out = []
+    for part in replacement.parts:
+        if isinstance(part, str):
+            out.append(part.replace("\\", "\\\\"))
+        elif part.kind != GROUP:
+            return None
+        elif part.index is not None:
+            out.append(f"\\g<{part.index}>")
+    return "".join(out)
 
 
 def _to_bytes(text: str) -> bytes:
@@ -79,6 +101,11 @@ class HeaderEdits:
     def __init__(self, edits: list, side: str) -> None:
         self.ops = tuple(_Op(e, header=True) for e in _sorted(edits))
         self.side = side
+
+    def _value(self, op: _Op, view: RequestView) -> bytes | None:
+        if op.constant is not None:
+            return op.constant
+        return self._safe(op.value.render(view), op, view)  # type: ignore[union-attr]
 
     def _safe(self, text: str, op: _Op, view: RequestView) -> bytes | None:
         if _UNSAFE_VALUE.search(text):
@@ -119,19 +146,22 @@ class HeaderEdits:
             elif action == "set":
                 out = self._set(out, op, view)
             elif action == "add":
-                if not any(n == name for n, _ in out):
-                    value = self._safe(op.value.render(view), op, view)  # type: ignore[union-attr]
+                for n, _ in out:
+                    if n == name:
+                        break
+                else:
+                    value = self._value(op, view)
                     if value is not None:
                         out.append((name, value))
             else:  # append
-                value = self._safe(op.value.render(view), op, view)  # type: ignore[union-attr]
+                value = self._value(op, view)
                 if value is not None:
                     out.append((name, value))
         return out
 
     def _set(self, out: Headers, op: _Op, view: RequestView) -> Headers:
         out = [h for h in out if h[0] != op.name]
-        value = self._safe(op.value.render(view), op, view)  # type: ignore[union-attr]
+        value = self._value(op, view)
         if value is not None:
             out.append((op.name, value))
         return out
