@@ -90,8 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
     )
+    admin_sock = _admin_socket(config)
     if workers > 1:
-        return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options))  # type: ignore[arg-type]
+        return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options), admin_sock)  # type: ignore[arg-type]
     from kairos.app import create_app
     from kairos.server import GatewayServer
 
@@ -100,8 +101,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the caught SIGTERM after a clean shutdown (the process then dies
     # "by signal", exit 143); a gateway that drained cleanly exits 0.
     server.capture_signals = _capture_signals(server, app.state.gateway)  # type: ignore[method-assign]
-    server.run()
+    if admin_sock is None:
+        server.run()
+        return 0
+    from uvicorn._compat import asyncio_run
+
+    from kairos.admin.api import AdminState
+    from kairos.admin.control import LiveControl
+    from kairos.admin.listener import make_server, serve_with, tokens_for
+
+    gateway = app.state.gateway
+    state = AdminState(LiveControl(gateway), gateway.config_path, tokens_for(config))
+    admin = make_server(state)
+    asyncio_run(serve_with(server.serve(), admin, admin_sock), loop_factory=server.config.get_loop_factory())
     return 0
+
+
+def _admin_socket(config: GatewayConfig):  # type: ignore[no-untyped-def]
+    """The admin listener's socket, bound before anything starts; exit 1 with the reason if it cannot be."""
+    if not config.admin.enabled:
+        return None
+    from kairos.admin.listener import AdminSetupError, bind, tokens_for
+
+    try:
+        tokens_for(config)  # a missing token variable stops the start, with its name
+        return bind(config)
+    except AdminSetupError as exc:
+        print(f"kairos: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ignore[name-defined]  # noqa: F821
@@ -123,7 +150,7 @@ def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ign
     return capture
 
 
-def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-defined]  # noqa: F821
+def _serve_workers(config: "uvicorn.Config", admin_sock=None) -> int:  # type: ignore[name-defined]  # noqa: F821
     """N worker processes behind one socket, metrics summed across them.
 
     The prometheus-client multiprocess directory is prepared here, before any worker
@@ -168,9 +195,22 @@ def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-define
         multiprocess.Process = GatewayProcess  # type: ignore[misc]
     sock = config.bind_socket()
     supervisor = Workers(config, sockets=[sock])
+    admin = None
+    if admin_sock is not None:
+        # One admin port for the whole gateway: it lives here, in the supervisor; changes reach
+        # the workers through the config file and SIGHUP (docs/admin.md).
+        from kairos.admin.api import AdminState
+        from kairos.admin.control import SupervisorControl
+        from kairos.admin.listener import make_server, serve_in_thread, tokens_for
+
+        control = SupervisorControl(os.environ["KAIROS_CONFIG_PATH"], config.workers, supervisor.handle_hup)
+        admin = make_server(AdminState(control, control.config_path, tokens_for(control.config)))
+        serve_in_thread(admin, admin_sock)
     try:
         supervisor.run()
     finally:
+        if admin is not None:
+            admin.should_exit = True
         for process in supervisor.processes:
             if process.pid is not None:
                 metrics.mark_dead(process.pid)

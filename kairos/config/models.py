@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.admin import AdminConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 from kairos.transform.config import RequestTransformation, ResponseTransformation
 
@@ -407,7 +408,12 @@ class BackendConfig(Model):
 _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RouterConfig(Model):
+    # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
+    name: str | None = None
     external_path: str
     internal_path: str
     methods: Annotated[list[str], AfterValidator(_methods)]
@@ -437,6 +443,13 @@ class RouterConfig(Model):
     preserve_host: bool = False
     request_transformation: RequestTransformation | None = None
     response_transformation: ResponseTransformation | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _ROUTE_NAME.match(value):
+            raise problem("letters, digits and . _ - only, starting with a letter or digit (1-64 characters)")
+        return value
 
     @field_validator("external_path")
     @classmethod
@@ -517,6 +530,7 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")
     @classmethod
