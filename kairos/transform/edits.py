@@ -119,51 +119,64 @@ class HeaderEdits:
 
     def apply(self, headers: Headers, view: RequestView) -> Headers:
         out = list(headers)
+        # Names present, kept up to date, so an edit of an absent header costs a set lookup.
+        present = {n for n, _ in out}
         for op in self.ops:
             action = op.action
             name = op.name
             if action == "remove":
-                out = [h for h in out if h[0] != name]
+                if name in present:
+                    out = [h for h in out if h[0] != name]
+                    present.discard(name)
             elif action == "rename":
-                moved = [v for n, v in out if n == name]
-                if moved:
+                if name in present:
+                    moved = [v for n, v in out if n == name]
                     out = [h for h in out if h[0] != name and h[0] != op.to]
                     out += [(op.to, v) for v in moved]
+                    present.discard(name)
+                    present.add(op.to)
             elif action == "replace":
+                if name not in present:
+                    continue
                 if op.regex is None:  # Kong's replace: a new value, only where the header is present
-                    if any(n == name for n, _ in out):
-                        out = self._set(out, op, view)
+                    out = self._set(out, op, view, present)
                     continue
                 edited: Headers = []
+                dropped = False
                 for n, v in out:
                     if n == name:
                         value = self._safe(op.substitute(v.decode("latin-1"), view), op, view)
                         if value is None:
+                            dropped = True
                             continue
                         v = value
                     edited.append((n, v))
                 out = edited
+                if dropped:
+                    present = {n for n, _ in out}
             elif action == "set":
-                out = self._set(out, op, view)
+                out = self._set(out, op, view, present)
             elif action == "add":
-                for n, _ in out:
-                    if n == name:
-                        break
-                else:
+                if name not in present:
                     value = self._value(op, view)
                     if value is not None:
                         out.append((name, value))
+                        present.add(name)
             else:  # append
                 value = self._value(op, view)
                 if value is not None:
                     out.append((name, value))
+                    present.add(name)
         return out
 
-    def _set(self, out: Headers, op: _Op, view: RequestView) -> Headers:
-        out = [h for h in out if h[0] != op.name]
+    def _set(self, out: Headers, op: _Op, view: RequestView, present: set[bytes]) -> Headers:
+        if op.name in present:
+            out = [h for h in out if h[0] != op.name]
+            present.discard(op.name)
         value = self._value(op, view)
         if value is not None:
             out.append((op.name, value))
+            present.add(op.name)
         return out
 
 
@@ -263,9 +276,10 @@ def unsafe_path(path: str) -> str | None:
         low = path.lower()
         if "%2f" in low or "%5c" in low:
             return "contains an encoded slash or backslash"
-    for seg in path.split("/"):
-        if len(seg) <= 6 and (unquote(seg) if "%" in seg else seg) in (".", ".."):
-            return "contains a '.' or '..' segment"
+    if "." in path or "%" in path:
+        for seg in path.split("/"):
+            if len(seg) <= 6 and (unquote(seg) if "%" in seg else seg) in (".", ".."):
+                return "contains a '.' or '..' segment"
     return None
 
 
