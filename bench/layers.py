@@ -83,7 +83,7 @@ def transform_layers() -> dict:
     """A route with five header edits and a path rewrite (issue 12); a plain route has no layer at all."""
     from kairos.routing import PathTemplate
     from kairos.transform.config import RequestTransformation
-    from kairos.transform.layer import transform_layer
+    from kairos.transform.layer import Transform, configured
 
     request = RequestTransformation.model_validate({
         "headers": [
@@ -95,8 +95,8 @@ def transform_layers() -> dict:
         ],
         "path": {"pattern": "^/api/(.+)$", "replacement": "/v2/$1"},
     })
-    layer = transform_layer(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), request, None)
-    assert layer is not noop and transform_layer(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), None, None) is noop
+    assert configured(request, None) and not configured(None, None)
+    layer = Transform(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), request, None)
     return {"transform: 5 header edits + path rewrite": (layer, [])}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from kairos.routing import PathTemplate
 from kairos.transform.config import RequestTransformation, ResponseTransformation
-from kairos.transform.layer import transform_layer
+from kairos.transform.layer import Transform, configured
 
 
 class Inner:
@@ -37,7 +37,9 @@ class Inner:
 def layer(inner, request=None, response=None, external="/api/{id}", internal="/v1/{id}"):
     req = RequestTransformation.model_validate(request) if request is not None else None
     resp = ResponseTransformation.model_validate(response) if response is not None else None
-    return transform_layer(inner, external, PathTemplate(internal, ["id"]), req, resp)
+    if not configured(req, resp):
+        return inner
+    return Transform(inner, external, PathTemplate(internal, ["id"]), req, resp)
 
 
 async def call(app, *, method="GET", path="/api/7", query=b"", headers=(), body=b"", chunks=None):

@@ -17,7 +17,8 @@ upstream's status when a mapping changed it) and `kairos.transform_skipped`
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
@@ -26,6 +27,11 @@ from kairos.transform.config import RequestTransformation, ResponseTransformatio
 from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap
 from kairos.transform.view import RequestView, raw_path
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from kairos.route import CompiledRoute
+
+Wrap = Callable[[ASGIApp], ASGIApp]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -233,13 +239,18 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-def transform_layer(app: ASGIApp, route_name: str, template: PathTemplate,
-                    request: RequestTransformation | None, response: ResponseTransformation | None) -> ASGIApp:
-    """`app` wrapped in Transform when the route configures anything; `app` itself otherwise."""
-    empty_request = request is None or not (request.headers or request.path or request.query_params
-                                            or request.json_edits)
-    empty_response = response is None or not (response.headers or response.status_code_mappings
-                                              or response.json_edits)
-    if empty_request and empty_response:
-        return app
-    return Transform(app, route_name, template, request, response)
+def configured(request: RequestTransformation | None, response: ResponseTransformation | None) -> bool:
+    """Whether the blocks ask for anything (empty blocks and empty lists cost nothing)."""
+    return bool(
+        request is not None and (request.headers or request.path or request.query_params or request.json_edits)
+        or response is not None and (response.headers or response.status_code_mappings or response.json_edits)
+    )
+
+
+def transform_layer(route: CompiledRoute, deps: object) -> Wrap | None:
+    """The layer factory (kairos/layers.py): None on a route without a transformation."""
+    rc = route.config
+    if not configured(rc.request_transformation, rc.response_transformation):
+        return None
+    return partial(Transform, route_name=route.name, template=route.template,
+                   request=rc.request_transformation, response=rc.response_transformation)
