@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
+from types import SimpleNamespace
 
 import orjson
 import pytest
 
 from kairos.routing import PathTemplate
 from kairos.transform.config import RequestTransformation, ResponseTransformation
-from kairos.transform.layer import Transform, configured
+from kairos.config.models import RouterConfig
+from kairos.transform.layer import Transform, configured, transform_layer
 
 
 class Inner:
@@ -66,6 +68,18 @@ def test_no_transformation_means_no_layer():
     inner = Inner()
     assert layer(inner) is inner
     assert layer(inner, {}, {"headers": [], "status_code_mappings": []}) is inner
+
+
+def test_factory_returns_none_without_a_transformation():
+    def route(**blocks):
+        rc = RouterConfig.model_validate({"external_path": "/api/{id}", "internal_path": "/v1/{id}", "methods": ["GET"],
+                                          "host": "http://127.0.0.1", "port": 9, **blocks})
+        return SimpleNamespace(config=rc, name=rc.external_path, template=PathTemplate(rc.internal_path, ["id"]))
+
+    assert transform_layer(route(), None) is None
+    assert transform_layer(route(request_transformation={}, response_transformation={"json": []}), None) is None
+    wrap = transform_layer(route(response_transformation={"status_code_mappings": [{"from": 404, "to": 200}]}), None)
+    assert isinstance(wrap(Inner()), Transform)
 
 
 async def test_query_only_keeps_internal_path():
