@@ -1,4 +1,4 @@
-"""The `kairos` command: serve, validate, routes, schema."""
+"""The `kairos` command: serve, validate, routes, schema; match, status, diff, apply, drain (kairos.admin.client)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
+    if args.admin or args.path is None:
+        from kairos.admin.client import cmd_routes_online
+
+        return cmd_routes_online(args)
     config = _load_or_exit(args.path)
     rows = [("METHODS", "EXTERNAL PATH", "BACKENDS -> INTERNAL PATH", "STRATEGY", "AUTH")]
     for r in config.routers:
@@ -89,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn's httptools protocol + server.request_header_timeout_ms
+        http="kairos.server:HeadTimeoutProtocol",
     )
     admin_sock = _admin_socket(config)
     if workers > 1:
@@ -132,11 +138,11 @@ def _admin_socket(config: GatewayConfig):  # type: ignore[no-untyped-def]
 
 
 def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ignore[name-defined]  # noqa: F821
-    """SIGTERM drains, SIGINT stops, SIGHUP reloads (kairos.app.install_signal_handlers); none is re-raised."""
+    """SIGTERM drains, SIGINT stops, SIGHUP reloads (kairos.gateway.install_signal_handlers); none is re-raised."""
     import contextlib
     import signal
 
-    from kairos.app import install_signal_handlers
+    from kairos.gateway import install_signal_handlers
 
     @contextlib.contextmanager
     def capture():
@@ -236,9 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path")
     validate.set_defaults(func=cmd_validate)
 
-    routes = sub.add_parser("routes", help="print a config's route table")
-    routes.add_argument("path")
+    routes = sub.add_parser("routes", help="print a config's route table (or a running gateway's, with --admin)")
+    routes.add_argument("path", nargs="?")
+    routes.add_argument("--admin", help="admin API URL (token from $KAIROS_ADMIN_TOKEN)")
+    routes.add_argument("--json", action="store_true", help="JSON output (with --admin)")
     routes.set_defaults(func=cmd_routes)
+
+    from kairos.admin.client import add_commands
+
+    add_commands(sub)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -246,8 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kairos.admin.client import CliExit
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliExit as exc:
+        if exc.message:
+            print(f"kairos: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":
