@@ -276,7 +276,11 @@ def response_route(echo, **over):
 def test_every_response_action(gateway, echo):
     dead = free_port()
     down = response_route(echo, external_path="/down/{rest:path}", port=dead)
-    gw = gateway({"routers": [response_route(echo), down]})
+    # header edits alone run as a response-start hook instead of a send wrapper
+    hook = response_route(echo, external_path="/hook/{rest:path}")
+    hook["response_transformation"] = {"headers": hook["response_transformation"]["headers"]}
+    hook_down = dict(hook, external_path="/hook-down/{rest:path}", port=dead)
+    gw = gateway({"routers": [response_route(echo), down, hook, hook_down]})
     with httpx.Client(base_url=gw.url, timeout=10, trust_env=False) as c:
         r = c.get("/r/respond/404", headers={"X-Map": "yes", "X-Client": "c1", "X-Request-ID": "rid-7"})
         assert r.status_code == 200
@@ -304,6 +308,14 @@ def test_every_response_action(gateway, echo):
         r = c.get("/down/x", headers={"X-Client": "c1"})
         assert r.status_code == 502 and r.json()["type"] == "upstream"
         assert "x-route" not in r.headers and "x-up-drop" not in r.headers
+
+        r = c.get("/hook/respond/404", headers={"X-Client": "c2"})
+        assert r.status_code == 404 and r.json() == {"a": 1, "secret": "s", "list": [1]}
+        assert "server" not in r.headers and r.headers["x-up-new"] == "old" and r.headers["x-route"] == "/hook/{rest:path}"
+        assert r.headers.get_list("x-up-drop") == ["x", "c2"]
+        assert r.headers["content-type"] == "application/vnd.kairos+json"
+        r = c.get("/hook-down/x", headers={"X-Client": "c1"})
+        assert r.status_code == 502 and "x-route" not in r.headers and "x-up-drop" not in r.headers
     records = {r["path"] + ("?" + r["query"] if r.get("query") else ""): r
                for r in gw.log_records() if r.get("event") == "access"}
     assert records["/r/respond/200?gzip=1"]["transform_skipped"] == ["response_json: content-encoding gzip"]

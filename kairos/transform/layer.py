@@ -5,10 +5,12 @@ a path rewrite or query edit puts the upstream request target in
 `scope["kairos.upstream_target"]` (the Forwarder sends it instead of
 internal_path + query); a JSON body edit buffers the body (up to
 `max_json_body`) and hands the Forwarder the edited one with its new
-Content-Length. Response side: a `send` wrapper maps the status, edits the
-headers and, for JSON, buffers and edits the body. The gateway's own error
-responses are sent outside this layer (GatewayEndpoint answers a raised
-GatewayError), so they are never transformed.
+Content-Length. Response side: header edits alone are a response-start hook
+(kairos.proxy.exchange); a status mapping or a JSON edit needs a `send`
+wrapper, which maps the status, edits the headers and, for JSON, buffers and
+edits the body. The gateway's own error responses are never transformed:
+GatewayEndpoint answers a raised GatewayError outside this layer's `send`, and
+drops the hooks the route's layers registered.
 
 Scope keys written: `kairos.upstream_target`, `kairos.upstream_status` (the
 upstream's status when a mapping changed it) and `kairos.transform_skipped`
@@ -18,10 +20,11 @@ upstream's status when a mapping changed it) and `kairos.transform_skipped`
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from kairos.proxy.exchange import on_response_start
 from kairos.routing import PathTemplate
 from kairos.transform.config import RequestTransformation, ResponseTransformation
 from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap
@@ -29,9 +32,8 @@ from kairos.transform.view import RequestView, raw_path
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from kairos.deps import LayerDeps, Wrap
     from kairos.route import CompiledRoute
-
-Wrap = Callable[[ASGIApp], ASGIApp]
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -94,7 +96,7 @@ def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[
 
 class Transform:
     __slots__ = ("app", "route_name", "template", "request_headers", "path", "query", "request_json",
-                 "request_limit", "response_headers", "statuses", "response_json", "response_limit", "edits_response")
+                 "request_limit", "response_headers", "statuses", "response_json", "response_limit", "wraps_send")
 
     def __init__(self, app: ASGIApp, route_name: str, template: PathTemplate,
                  request: RequestTransformation | None, response: ResponseTransformation | None) -> None:
@@ -112,7 +114,9 @@ class Transform:
         self.statuses = StatusMap(response.status_code_mappings) if response.status_code_mappings else None
         self.response_json = JsonEdits(response.json_edits) if response.json_edits else None
         self.response_limit = response.max_json_body
-        self.edits_response = bool(self.response_headers or self.statuses or self.response_json)
+        # Header edits alone are a response-start hook; a status mapping or a body edit needs a
+        # send wrapper (the Exchange records the status before its hooks run).
+        self.wraps_send = bool(self.statuses or self.response_json)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = RequestView(scope, self.route_name)
@@ -122,8 +126,15 @@ class Transform:
             scope["kairos.upstream_target"] = self.target(scope, view)
         if self.request_json is not None:
             receive = await self.edit_request_body(scope, receive, view)
-        if self.edits_response:
+        if self.wraps_send:
             send = self.response_sender(scope, send, view)
+        elif self.response_headers is not None:
+            edits = self.response_headers
+
+            def edit_headers(scope: Scope, message: Message) -> None:
+                message["headers"] = edits.apply(message.get("headers", []), view)
+
+            send = on_response_start(scope, send, edit_headers)
         await self.app(scope, receive, send)
 
     def target(self, scope: Scope, view: RequestView) -> str:
@@ -247,7 +258,7 @@ def configured(request: RequestTransformation | None, response: ResponseTransfor
     )
 
 
-def transform_layer(route: CompiledRoute, deps: object) -> Wrap | None:
+def transform_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
     """The layer factory (kairos/layers.py): None on a route without a transformation."""
     rc = route.config
     if not configured(rc.request_transformation, rc.response_transformation):
