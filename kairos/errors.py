@@ -59,7 +59,11 @@ async def send_error(
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer the request with a JSON error (HEAD gets the headers only)."""
+    """Answer the request with a JSON error (HEAD gets the headers only).
+
+    The kind goes into scope["kairos.error"]: the access log writes it and counts it in
+    kairos_gateway_errors_total."""
+    scope["kairos.error"] = kind
     body = error_body(kind, message, scope.get("kairos.request_id", ""))
     raw = [
         (b"content-type", b"application/json"),

@@ -68,6 +68,9 @@ class AccessLog:
                 method = "other"
             status = exchange.status or 500  # nothing was sent: the error middleware answers 500
             metrics.observe_request(route_name, method, status, duration)
+            error = scope.get("kairos.error")
+            if error is not None:
+                metrics.count_gateway_error(route_name, error)
             if log_on:
                 user_agent = b""
                 for name, value in scope["headers"]:
@@ -91,7 +94,6 @@ class AccessLog:
                     "bytes_out": exchange.bytes_out,
                     "user_agent": user_agent.decode("latin-1"),
                 }
-                error = scope.get("kairos.error")
                 if error is not None:
                     record["error"] = error
                 if "kairos.upstream_status" in scope:  # a status_code_mapping changed it
