@@ -324,18 +324,12 @@ def section_features(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, 
 
 
 def transform_config(up: int) -> dict[str, Any]:
-    """The plain route with five header edits and a path rewrite (to the same upstream path)."""
+    """The plain route with bench/layers.py's five header edits and a path rewrite (to the same upstream path)."""
+    from layers import TRANSFORM  # bench/ is this script's directory
+
     config = gateway_config(up)
-    config["routers"][0]["request_transformation"] = {
-        "headers": [
-            {"action": "add", "name": "X-Forwarded-By", "value": "kairos-gateway"},
-            {"action": "set", "name": "X-Request-Tag", "value": "{request_id}"},
-            {"action": "remove", "name": "Cookie"},
-            {"action": "rename", "name": "Accept", "to": "X-Accept"},
-            {"action": "replace", "name": "User-Agent", "pattern": "^(.*)$", "replacement": "kairos-bench ($1)"},
-        ],
-        "path": {"pattern": "^/api/users/(.+)$", "replacement": "/users/$1"},
-    }
+    config["routers"][0]["request_transformation"] = dict(
+        TRANSFORM, path={"pattern": "^/api/users/(.+)$", "replacement": "/users/$1"})
     return config
 
 

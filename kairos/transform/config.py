@@ -10,6 +10,7 @@ This module imports pydantic only: kairos.config.models imports it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,13 +38,18 @@ def _problem(message: str) -> PydanticCustomError:
     return PydanticCustomError("kairos", message)
 
 
-def _template(text: str | None, *, groups: bool = False) -> str | None:
-    if text is not None:
+def _compiles(value: Any, compile: Callable[[Any], Any], error: type[Exception]) -> Any:
+    """`value` if `compile(value)` accepts it (None passes), else its message as the problem."""
+    if value is not None:
         try:
-            Template(text, groups=groups)
-        except TemplateError as exc:
+            compile(value)
+        except error as exc:
             raise _problem(str(exc)) from None
-    return text
+    return value
+
+
+def _template(text: str | None, *, groups: bool = False) -> str | None:
+    return _compiles(text, lambda t: Template(t, groups=groups), TemplateError)
 
 
 class _Block(BaseModel):
@@ -80,12 +86,7 @@ class _Edit(_Block):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                compile_rust(value)
-            except RegexError as exc:
-                raise _problem(str(exc)) from None
-        return value
+        return _compiles(value, compile_rust, RegexError)
 
     @model_validator(mode="after")
     def _complete(self) -> _Edit:
@@ -152,11 +153,7 @@ class PathRewrite(_Block):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
-        try:
-            compile_rust(value)
-        except RegexError as exc:
-            raise _problem(str(exc)) from None
-        return value
+        return _compiles(value, compile_rust, RegexError)
 
     @field_validator("replacement")
     @classmethod
@@ -187,21 +184,12 @@ class JsonEdit(_Block):
     @field_validator("path", "to")
     @classmethod
     def _pointer(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_pointer(value)
-            except PointerError as exc:
-                raise _problem(str(exc)) from None
-        return value
+        return _compiles(value, parse_pointer, PointerError)
 
     @field_validator("value")
     @classmethod
     def _value(cls, value: Any) -> Any:
-        try:
-            json_templates(value)
-        except TemplateError as exc:
-            raise _problem(str(exc)) from None
-        return value
+        return _compiles(value, json_templates, TemplateError)
 
     @model_validator(mode="after")
     def _complete(self) -> JsonEdit:
@@ -230,12 +218,7 @@ class StatusMapping(_Block):
     @field_validator("condition")
     @classmethod
     def _condition(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                compile_condition(value)
-            except ConditionError as exc:
-                raise _problem(str(exc)) from None
-        return value
+        return _compiles(value, compile_condition, ConditionError)
 
 
 def _max_json_body(value: int) -> int:
