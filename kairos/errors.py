@@ -18,6 +18,7 @@ STATUS = {
     "bad_request": 400,
     "payload_too_large": 413,
     "header_too_large": 431,
+    "uri_too_long": 414,
     "authentication_error": 401,
     "rate_limit_exceeded": 429,
     "upstream": 502,

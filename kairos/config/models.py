@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.cache import CacheConfig
+from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 from kairos.transform.config import RequestTransformation, ResponseTransformation
@@ -438,6 +440,8 @@ class RouterConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -533,6 +537,8 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")

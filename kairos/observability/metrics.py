@@ -36,6 +36,13 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
+CACHE_REQUESTS = Counter("kairos_cache_requests_total", "Requests seen by the response cache", ["route", "result"])
+CACHE_BYTES = Gauge("kairos_cache_bytes", "Bytes held by the in-process response cache", ["backend"],
+                    multiprocess_mode="livesum")
+CACHE_ENTRIES = Gauge("kairos_cache_entries", "Entries in the in-process response cache", ["backend"],
+                      multiprocess_mode="livesum")
+CACHE_EVICTIONS = Counter("kairos_cache_evictions_total", "Entries evicted to stay within memory_bytes", ["backend"])
+CACHE_BACKEND_ERRORS = Counter("kairos_cache_backend_errors_total", "Cache storage failures (requests bypassed)")
 GATEWAY_ERRORS = Counter(
     "kairos_gateway_errors_total", "Answers the gateway gave itself (its JSON errors), by error kind", ["route", "kind"]
 )
