@@ -263,10 +263,14 @@ def test_request_header_targets_refused(name):
         RequestHeaderEdit.model_validate({"action": "rename", "name": "X-A", "to": name})
 
 
-def test_response_may_edit_host_like_names_but_not_framing():
+def test_response_may_edit_host_like_names_but_not_framing_nor_the_servers_own():
     ResponseHeaderEdit.model_validate({"action": "set", "name": "X-Request-ID", "value": "x"})
+    ResponseHeaderEdit.model_validate({"action": "remove", "name": "Server"})  # kairos-rs's example
     with pytest.raises(ValueError):
         ResponseHeaderEdit.model_validate({"action": "remove", "name": "Content-Length"})
+    for edit in ({"action": "set", "name": "Server", "value": "x"}, {"action": "rename", "name": "X-A", "to": "Date"}):
+        with pytest.raises(ValueError, match="writes its own"):
+            ResponseHeaderEdit.model_validate(edit)
 
 
 def query_after(edits, query, **kw):

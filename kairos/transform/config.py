@@ -30,6 +30,7 @@ HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "te", "trailer", "
 FRAMING = ("content-length", "transfer-encoding")
 # Request headers the gateway sets itself after the transformation (see docs/transformation.md).
 SET_BY_GATEWAY = ("host", "x-request-id", "x-forwarded-proto", "x-forwarded-host")
+SET_BY_SERVER = ("server", "date")  # response headers uvicorn writes (kairos.proxy.exchange)
 
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -139,7 +140,14 @@ class RequestHeaderEdit(_HeaderEdit):
 
 
 class ResponseHeaderEdit(_HeaderEdit):
-    pass
+    def check_name(self, name: str) -> None:
+        super().check_name(name)
+        # `remove Server` (kairos-rs's own example) stays valid: the upstream's is never relayed anyway.
+        if name.lower() in SET_BY_SERVER and self.action != "remove":
+            raise _problem(
+                f"'{name}' cannot be set on responses: the server in front of the client writes its own "
+                "Server and Date (the upstream's are never relayed)"
+            )
 
 
 class QueryEdit(_Edit):
