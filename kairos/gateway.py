@@ -40,6 +40,7 @@ class Gateway:
         self.config_path = config_path
         self.config_digest: bytes | None = None  # of the file the running config was read from
         self.upstream = UpstreamClient()
+        self.upstream.apply(config)
         self.started_at = time.monotonic()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the lifespan (signal handlers use it)
@@ -67,6 +68,9 @@ class Gateway:
             raise
         self.runtime = runtime
         forget_backends(set(previous.backends) - set(runtime.backends))
+        self.upstream.apply(config)
+        # Idle connections to backends the new config dropped are closed now, not at their timeout.
+        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in runtime.backends.values()})
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)
