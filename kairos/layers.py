@@ -36,6 +36,7 @@ from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
 from kairos.tracing.layer import tracing_layer
+from kairos.transform.layer import transform_layer
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 LayerFactory = Callable[[CompiledRoute, LayerDeps], Wrap | None]
@@ -55,8 +56,8 @@ LAYERS: tuple[Layer, ...] = (
     Layer("ratelimit", ratelimit_layer),  # 429; after auth, so PerUser sees the verified `sub`
     Layer("compression", compression_layer),  # encodes what the layers below produce, fresh or cached
     Layer("cache", cache_layer),  # answers from its store; records what the layers below return
+    Layer("transform", transform_layer),  # request/response rewriting (docs/transformation.md)
     # Planned, in this order (each helper adds its own line here):
-    #   transform    request and response rewriting, closest to the upstream
     #   websocket    takes upgrade requests; plain HTTP passes through
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay
 )

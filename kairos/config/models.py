@@ -30,6 +30,7 @@ from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
 from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
 from kairos.tracing.config import TracingConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -462,6 +463,8 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
     discovery: DiscoveryConfig | None = None
 
     @field_validator("name")

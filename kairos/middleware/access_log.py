@@ -99,4 +99,8 @@ class AccessLog:
                     record["trace_id"] = trace_id
                 if error is not None:
                     record["error"] = error
+                if "kairos.upstream_status" in scope:  # a status_code_mapping changed it
+                    record["upstream_status"] = scope["kairos.upstream_status"]
+                if "kairos.transform_skipped" in scope:  # why a JSON body was not edited
+                    record["transform_skipped"] = scope["kairos.transform_skipped"]
                 self.writer.write(record)
