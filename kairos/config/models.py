@@ -27,7 +27,11 @@ from pydantic_core import PydanticCustomError
 from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
+from kairos.config.connection_pool import ConnectionPoolConfig
+from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
+from kairos.tracing.config import TracingConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -119,6 +123,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # Upstream response head limits (502 beyond them).
+    max_upstream_header_bytes: PositiveInt = 65536
+    max_upstream_headers: PositiveInt = 100
     # A request head (line + headers) must arrive within this, or the connection is closed
     # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
     request_header_timeout_ms: NonNegativeInt = 10000
@@ -374,7 +381,15 @@ def _methods(value: list[str]) -> list[str]:
     return [one_of(method.upper(), HTTP_METHODS, "method") for method in value]
 
 
+def _plain_ascii(value: str, what: str) -> None:
+    """Refuse what could never be written into an HTTP/1.1 request line or Host header."""
+    if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+        raise problem(f"{what} {value!r} has a control character, a space or a non-ASCII character"
+                      " (percent-encode paths; write IDN hosts in their xn-- form)")
+
+
 def _backend_host(value: str) -> str:
+    _plain_ascii(value, "host")
     scheme, sep, rest = value.partition("://")
     if not sep:
         raise problem(f"'{value}' has no scheme: write it as http://{value}")
@@ -439,6 +454,7 @@ class RouterConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
+    connection_pool: ConnectionPoolConfig | None = None
     compression: CompressionConfig | None = None
     cache: CacheConfig | None = None
     # Router-only keys.
@@ -447,6 +463,9 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
+    discovery: DiscoveryConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -467,6 +486,7 @@ class RouterConfig(Model):
     @field_validator("internal_path")
     @classmethod
     def _internal(cls, value: str, info: ValidationInfo) -> str:
+        _plain_ascii(value, "internal_path")
         external = info.data.get("external_path")
         if external is not None:  # None: external_path itself is invalid and reported
             try:
@@ -499,6 +519,10 @@ class RouterConfig(Model):
     @model_validator(mode="after")
     def _backend_form(self) -> RouterConfig:
         legacy = self.host is not None or self.port is not None
+        if self.discovery is not None and self.discovery.type == "dns_srv":
+            if legacy or self.backends is not None:
+                raise problem("with discovery type dns_srv the backends come from SRV records: remove 'backends'/'host'")
+            return self
         if legacy and self.backends is not None:
             raise problem("give either 'host'+'port' or 'backends', not both")
         if not legacy and not self.backends:
@@ -512,6 +536,8 @@ class RouterConfig(Model):
         """The backends, with the legacy `host`+`port` form as a single backend."""
         if self.backends is not None:
             return tuple(self.backends)
+        if self.host is None:
+            return ()  # dns_srv: discovered
         return (BackendConfig(host=self.host, port=self.port),)  # type: ignore[arg-type]
 
 
@@ -534,9 +560,19 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
     compression: CompressionConfig | None = None
     cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    discovery: DiscoveryConfig | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @field_validator("discovery")
+    @classmethod
+    def _discovery_default(cls, value: DiscoveryConfig | None) -> DiscoveryConfig | None:
+        if value is not None and value.type == "dns_srv":
+            raise problem("dns_srv names one service: set it on the router that uses it")
+        return value
 
     @field_validator("version")
     @classmethod
