@@ -36,6 +36,19 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
+WEBSOCKET_OPEN = Gauge(
+    "kairos_websocket_connections", "Open proxied WebSocket connections", ["route"], multiprocess_mode="livesum"
+)
+# Not kairos_websocket_connections_total: prometheus-client reserves that name for the gauge above.
+WEBSOCKET_UPGRADES = Counter(
+    "kairos_websocket_upgrades_total", "WebSocket upgrade requests by outcome", ["route", "outcome"]
+)
+WEBSOCKET_MESSAGES = Counter(
+    "kairos_websocket_messages_total", "Relayed WebSocket messages", ["route", "direction"]
+)
+WEBSOCKET_BYTES = Counter(
+    "kairos_websocket_bytes_total", "Relayed WebSocket payload bytes", ["route", "direction"]
+)
 
 
 # --------------------------------------------------------------------------- cached children

@@ -1,0 +1,204 @@
+"""The end of a websocket route's chain: refuse plain HTTP, connect upstream, accept, relay.
+
+Backend choice is the route's balancer, its backends' health and breakers, as
+for HTTP: a failed connect or handshake counts as a failure, an upstream status
+is recorded like an HTTP response's (so 502/503/504 refusals trip the breaker),
+and a route's `retry` block retries connection errors (never an upstream's
+refusal) on another backend, with its backoff and budget. The backend's
+in-flight count spans the whole connection, so least_connections balances open
+WebSockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from websockets.protocol import State
+
+from kairos.errors import GatewayError
+from kairos.observability.metrics import WEBSOCKET_BYTES, WEBSOCKET_MESSAGES, count_upstream_error
+from kairos.proxy import upstream_failure, upstream_headers
+from kairos.types import Receive, Scope, Send
+from kairos.upstream.breaker import OPEN, retry_after_header
+from kairos.upstream.errors import UpstreamError
+from kairos.websocket.connections import Connections
+from kairos.websocket.handshake import UpstreamRefused, handshake_headers, open_upstream, relay_refusal, upstream_uri
+from kairos.websocket.relay import Relay, Session
+from kairos.websocket.settings import WebSocketConfig
+
+SESSION_KEY = "kairos.websocket"  # scope key: the connection's Session, for the access log
+UPSTREAM_STATUS_KEY = "kairos.upstream_status"  # scope key: an upstream's refusal status
+UPGRADE = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+
+
+class WebSocketForwarder:
+    """`route` is the compiled route (name, template, cluster, preserve_host, strip_headers,
+    retry, connect_timeout_s); `connections` the process-wide registry."""
+
+    def __init__(self, route: Any, settings: WebSocketConfig, connections: Connections) -> None:
+        self.route = route
+        self.name = route.name
+        self.settings = settings
+        self.connections = connections
+        cluster = route.cluster
+        self.balancer = cluster.balancer
+        self.backends = cluster.backends
+        self.breakers = cluster.breakers
+        self.outlier = cluster.outlier
+        self.retry = route.retry
+        connect_ms = settings.connect_timeout_ms
+        self.connect_timeout_s = connect_ms / 1000 if connect_ms else route.connect_timeout_s
+        self.idle_s = settings.idle_timeout_ms / 1000 or None
+        self.close_timeout_s = settings.close_timeout_ms / 1000
+        self.counters = (
+            WEBSOCKET_MESSAGES.labels(self.name, "to_upstream"),
+            WEBSOCKET_BYTES.labels(self.name, "to_upstream"),
+            WEBSOCKET_MESSAGES.labels(self.name, "to_client"),
+            WEBSOCKET_BYTES.labels(self.name, "to_client"),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            raise GatewayError("upgrade_required", f"{self.name} is a WebSocket endpoint: send an Upgrade request", UPGRADE)
+        connections = self.connections
+        if connections.draining:
+            raise GatewayError("draining", "the gateway is shutting down", [(b"retry-after", b"1")])
+        limit = self.settings.max_connections
+        if limit and connections.count(self.name) >= limit:
+            raise GatewayError(
+                "too_many_connections", f"route {self.name} has its {limit} WebSocket connections open",
+                [(b"retry-after", b"1")],
+            )
+        # The slot is taken before connecting, so concurrent upgrades cannot overshoot max_connections.
+        session = Session(self.name)
+        connections.add(session)
+        scope[SESSION_KEY] = session
+        try:
+            if (await receive())["type"] != "websocket.connect":
+                return  # the client left before its handshake was answered
+            await self.proxy(scope, receive, send, session)
+        finally:
+            connections.discard(session)
+            session.done.set()
+
+    async def proxy(self, scope: Scope, receive: Receive, send: Send, session: Session) -> None:
+        opened = await self.connect(scope)
+        if isinstance(opened, UpstreamRefused):
+            scope[UPSTREAM_STATUS_KEY] = opened.status
+            await relay_refusal(scope, send, opened)
+            return
+        upstream, backend = opened
+        try:
+            accept: dict[str, Any] = {"type": "websocket.accept"}
+            subprotocol = upstream.subprotocol or scope.get("kairos.websocket_subprotocol")
+            if subprotocol:
+                accept["subprotocol"] = subprotocol
+            if self.settings.compression:
+                accept["kairos.compression"] = True  # honoured by kairos.websocket.protocol (kairos serve)
+            session.started = session.last_activity = time.monotonic()
+            await send(accept)
+            relay = Relay(
+                session, receive, send, upstream, self.settings.max_message_bytes, self.idle_s,
+                self.close_timeout_s, self.counters,
+            )
+            await relay.run()
+        finally:
+            backend.in_flight -= 1
+            if upstream.state is not State.CLOSED:
+                upstream.transport.abort()
+
+    # ------------------------------------------------------------------ the upstream handshake
+    async def connect(self, scope: Scope) -> Any:
+        """(upstream connection, backend), or an UpstreamRefused to relay; raises GatewayError."""
+        route = self.route
+        policy = self.retry
+        path = route.template.render(scope["kairos.params"])
+        qs = scope.get("query_string")
+        target = path + "?" + qs.decode("latin-1") if qs else path
+        subprotocols = scope.get("subprotocols") or None
+        attempt = 0
+        exclude = -1
+        holding_retry = False
+        if policy is not None:
+            policy.budget.requests += 1
+        try:
+            while True:
+                i = self.balancer.pick_index(scope, exclude)
+                if i < 0:
+                    raise self.unavailable()
+                backend = self.backends[i]
+                breaker = self.breakers[i]
+                scope["kairos.backend"] = backend.address
+                headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
+                authority = backend.netloc
+                if route.preserve_host:
+                    authority = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), authority)
+                uri = upstream_uri(backend.scheme == "https", authority, target)
+                gen = breaker.acquire()
+                backend.in_flight += 1
+                try:
+                    upstream = await open_upstream(
+                        uri, backend.connect_host, backend.port, handshake_headers(headers), subprotocols,
+                        self.connect_timeout_s, self.settings.max_message_bytes, self.close_timeout_s,
+                    )
+                except UpstreamRefused as refused:
+                    backend.in_flight -= 1
+                    self.answered(backend, breaker, gen, refused.status)
+                    return refused
+                except UpstreamError as exc:
+                    backend.in_flight -= 1
+                    self.failed(backend, breaker, gen, exc)
+                    if holding_retry:
+                        policy.budget.release()
+                        holding_retry = False
+                    if policy is None or not policy.on_connection_error or attempt >= policy.max_retries:
+                        raise upstream_failure(exc, backend, scope) from None
+                    if not policy.budget.try_acquire():
+                        raise upstream_failure(exc, backend, scope) from None
+                    holding_retry = True
+                    policy.counters[exc.kind].inc()
+                    attempt += 1
+                    exclude = i
+                    await asyncio.sleep(policy.delay(attempt - 1))
+                    continue
+                except BaseException:
+                    backend.in_flight -= 1
+                    breaker.release(gen)
+                    raise
+                self.answered(backend, breaker, gen, 101)
+                return upstream, backend
+        finally:
+            if policy is not None:
+                policy.budget.requests -= 1
+                if holding_retry:
+                    policy.budget.release()
+
+    def failed(self, backend: Any, breaker: Any, gen: int, exc: UpstreamError) -> None:
+        count_upstream_error(backend.address, exc.kind)
+        breaker.failure(gen)
+        if self.outlier is not None:
+            self.outlier.failure(backend)
+
+    def answered(self, backend: Any, breaker: Any, gen: int, status: int) -> None:
+        breaker.record_status(gen, status)
+        if status >= 500:
+            count_upstream_error(backend.address, "status")
+            if self.outlier is not None:
+                self.outlier.failure(backend)
+        elif self.outlier is not None:
+            self.outlier.success(backend)
+
+    def unavailable(self) -> GatewayError:
+        waits = [
+            breaker.retry_after_s() if breaker.state == OPEN else 1.0
+            for backend, breaker in zip(self.backends, self.breakers)
+            if backend.available or self.route.panic_mode
+        ]
+        if waits:
+            return GatewayError(
+                "circuit_open", f"circuit breaker open for every backend of route {self.name}",
+                [retry_after_header(min(waits))],
+            )
+        return GatewayError("no_healthy_backend", f"no healthy backend for route {self.name}")
