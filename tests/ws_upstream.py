@@ -8,7 +8,7 @@ Paths (after the gateway's internal_path rendering):
     /echo...            echoes every message back (text as text, binary as binary)
     /info...            first sends a JSON text message: path, query, headers, subprotocol; then echoes
     /refuse/<status>    answers the handshake with <status> and body "refused <status>"
-    /slow               waits 2 s before answering the handshake
+    /slow               waits 1 s before answering the handshake, then echoes
     /close/<code>       closes with <code> and reason "bye" after the first message
     /flood/<n>/<size>   sends n binary messages of size bytes, as fast as the reader takes them
     /big/<size>         sends one binary message of size bytes after the first message
@@ -101,12 +101,14 @@ class WsUpstream:
             await self._stop.wait()
 
     # ------------------------------------------------------------------ handshake
-    def _process_request(self, connection: ServerConnection, request: Any) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Any) -> Response | None:
         offered = []
         for value in request.headers.get_all("Sec-WebSocket-Protocol"):
             offered.extend(p.strip() for p in value.split(","))
         self.handshakes.append(Handshake(request.path, list(request.headers.raw_items()), offered))
         path = request.path.partition("?")[0]
+        if path == "/slow":
+            await asyncio.sleep(1)
         if path.startswith("/refuse/"):
             status = int(path.rsplit("/", 1)[1])
             body = f"refused {status}".encode()
@@ -125,8 +127,6 @@ class WsUpstream:
     async def _handler(self, ws: ServerConnection) -> None:
         path = ws.request.path.partition("?")[0]
         try:
-            if path == "/slow":
-                await asyncio.sleep(2)
             if path.startswith("/info"):
                 hs = self.handshakes[-1]
                 await ws.send(json.dumps({
