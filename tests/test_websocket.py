@@ -431,3 +431,28 @@ async def test_a_client_that_stops_reading_pauses_the_upstream(gateway, ws_upstr
         # Reading again resumes the flow.
         for _ in range(8):
             assert len(await ws.recv()) == 1048576
+
+
+async def test_demo_chat_service_behind_the_gateway(gateway, tmp_path):
+    """configs/demo.json's websocket route in front of `python -m kairos.demo`'s chat echo."""
+    import subprocess
+
+    from tests.conftest import REPO_ROOT, free_port
+
+    demo = json.loads((REPO_ROOT / "configs" / "demo.json").read_text())
+    route = next(r for r in demo["routers"] if r.get("protocol") == "websocket")
+    port = free_port()
+    route["backends"][0]["port"] = port
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kairos.demo", "--only", "chat", "--chat-port", str(port)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert "chat on" in proc.stdout.readline()
+        gw = gateway(config(route))
+        async with open_ws(gw, "/ws/echo/lobby") as ws:
+            assert json.loads(await ws.recv()) == {"hello": "lobby", "service": "chat"}
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+    finally:
+        proc.terminate()
+        proc.wait(10)
