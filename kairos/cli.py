@@ -1,4 +1,4 @@
-"""The `kairos` command: serve, validate, routes, schema."""
+"""The `kairos` command: serve, validate, routes, schema; match, status, diff, apply, drain (kairos.admin.client)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
+    if args.admin or args.path is None:
+        from kairos.admin.client import cmd_routes_online
+
+        return cmd_routes_online(args)
     config = _load_or_exit(args.path)
     rows = [("METHODS", "EXTERNAL PATH", "BACKENDS -> INTERNAL PATH", "STRATEGY", "AUTH")]
     for r in config.routers:
@@ -90,8 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
     )
+    admin_sock = _admin_socket(config)
     if workers > 1:
-        return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options))  # type: ignore[arg-type]
+        return _serve_workers(uvicorn.Config("kairos.app:app", workers=workers, **options), admin_sock)  # type: ignore[arg-type]
     from kairos.app import create_app
     from kairos.server import GatewayServer
 
@@ -100,8 +105,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the caught SIGTERM after a clean shutdown (the process then dies
     # "by signal", exit 143); a gateway that drained cleanly exits 0.
     server.capture_signals = _capture_signals(server, app.state.gateway)  # type: ignore[method-assign]
-    server.run()
+    if admin_sock is None:
+        server.run()
+        return 0
+    from uvicorn._compat import asyncio_run
+
+    from kairos.admin.api import AdminState
+    from kairos.admin.control import LiveControl
+    from kairos.admin.listener import make_server, serve_with, tokens_for
+
+    gateway = app.state.gateway
+    state = AdminState(LiveControl(gateway), gateway.config_path, tokens_for(config))
+    admin = make_server(state)
+    asyncio_run(serve_with(server.serve(), admin, admin_sock), loop_factory=server.config.get_loop_factory())
     return 0
+
+
+def _admin_socket(config: GatewayConfig):  # type: ignore[no-untyped-def]
+    """The admin listener's socket, bound before anything starts; exit 1 with the reason if it cannot be."""
+    if not config.admin.enabled:
+        return None
+    from kairos.admin.listener import AdminSetupError, bind, tokens_for
+
+    try:
+        tokens_for(config)  # a missing token variable stops the start, with its name
+        return bind(config)
+    except AdminSetupError as exc:
+        print(f"kairos: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ignore[name-defined]  # noqa: F821
@@ -123,7 +154,7 @@ def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ign
     return capture
 
 
-def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-defined]  # noqa: F821
+def _serve_workers(config: "uvicorn.Config", admin_sock=None) -> int:  # type: ignore[name-defined]  # noqa: F821
     """N worker processes behind one socket, metrics summed across them.
 
     The prometheus-client multiprocess directory is prepared here, before any worker
@@ -168,9 +199,22 @@ def _serve_workers(config: "uvicorn.Config") -> int:  # type: ignore[name-define
         multiprocess.Process = GatewayProcess  # type: ignore[misc]
     sock = config.bind_socket()
     supervisor = Workers(config, sockets=[sock])
+    admin = None
+    if admin_sock is not None:
+        # One admin port for the whole gateway: it lives here, in the supervisor; changes reach
+        # the workers through the config file and SIGHUP (docs/admin.md).
+        from kairos.admin.api import AdminState
+        from kairos.admin.control import SupervisorControl
+        from kairos.admin.listener import make_server, serve_in_thread, tokens_for
+
+        control = SupervisorControl(os.environ["KAIROS_CONFIG_PATH"], config.workers, supervisor.handle_hup)
+        admin = make_server(AdminState(control, control.config_path, tokens_for(control.config)))
+        serve_in_thread(admin, admin_sock)
     try:
         supervisor.run()
     finally:
+        if admin is not None:
+            admin.should_exit = True
         for process in supervisor.processes:
             if process.pid is not None:
                 metrics.mark_dead(process.pid)
@@ -196,9 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path")
     validate.set_defaults(func=cmd_validate)
 
-    routes = sub.add_parser("routes", help="print a config's route table")
-    routes.add_argument("path")
+    routes = sub.add_parser("routes", help="print a config's route table (or a running gateway's, with --admin)")
+    routes.add_argument("path", nargs="?")
+    routes.add_argument("--admin", help="admin API URL (token from $KAIROS_ADMIN_TOKEN)")
+    routes.add_argument("--json", action="store_true", help="JSON output (with --admin)")
     routes.set_defaults(func=cmd_routes)
+
+    from kairos.admin.client import add_commands
+
+    add_commands(sub)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -206,8 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kairos.admin.client import CliExit
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliExit as exc:
+        if exc.message:
+            print(f"kairos: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -214,6 +214,12 @@ def cross_checks(config: GatewayConfig) -> list[str]:
             if r.auth_required:
                 problems.append(_NO_JWT.format(i=i))
     problems += _route_conflicts([(r.external_path, r.methods) for r in config.routers])
+    seen: dict[str, int] = {}
+    for i, r in enumerate(config.routers):
+        if r.name is not None:
+            if r.name in seen:
+                problems.append(f"routers[{i}].name: '{r.name}' is already the name of routers[{seen[r.name]}]")
+            seen.setdefault(r.name, i)
     return problems
 
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.admin import AdminConfig
 from kairos.config.origins import check_origins
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 from kairos.websocket.settings import WebSocketConfig
@@ -399,7 +400,12 @@ class BackendConfig(Model):
 _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 
 
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class RouterConfig(Model):
+    # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
+    name: str | None = None
     external_path: str
     internal_path: str
     methods: Annotated[list[str], AfterValidator(_methods)]
@@ -428,6 +434,13 @@ class RouterConfig(Model):
     hash_on: str | None = None
     preserve_host: bool = False
     websocket: WebSocketConfig | None = None  # websocket routes only; overrides the top-level block
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _ROUTE_NAME.match(value):
+            raise problem("letters, digits and . _ - only, starting with a letter or digit (1-64 characters)")
+        return value
 
     @field_validator("external_path")
     @classmethod
@@ -513,6 +526,7 @@ class GatewayConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")
     @classmethod

@@ -1,7 +1,7 @@
 """Balancers: each picks one backend among those currently available.
 
-Available = healthy per active checks, not ejected by outlier detection, and
-its breaker letting requests through (Closed, or Half-open with a free probe
+Available = healthy per active checks, not ejected by outlier detection, not
+drained (admin API), and its breaker letting requests through (Closed, or Half-open with a free probe
 slot). `pick_index(scope, exclude)` returns the index of the chosen backend in
 the cluster (-1: none left); `exclude` is the backend a retry wants to avoid,
 used only when another one is available. With `panic=True` (the route's
@@ -72,6 +72,8 @@ class Balancer:
 
     def ok(self, i: int, panic: bool) -> bool:
         b = self.backends[i]
+        if b.drained:  # maintenance: not even panic mode sends new requests there
+            return False
         if not b.available and not panic:
             if not (b.healthy and maybe_return(b, self.clock())):
                 return False

@@ -21,8 +21,9 @@ class Backend:
     address present in both configs.
 
     `available` is the one flag the balancers read on the hot path: healthy per
-    active checks and not ejected by outlier detection. It is recomputed only
-    when one of those changes (`update_available`)."""
+    active checks, not ejected by outlier detection and not drained by an
+    operator (admin API: no new requests, in-flight ones finish). It is
+    recomputed only when one of those changes (`update_available`)."""
 
     __slots__ = (
         "address",
@@ -36,6 +37,7 @@ class Backend:
         "health_check_path",
         "in_flight",
         "healthy",
+        "drained",
         "available",
         "ejected_until",
         "ejections",
@@ -61,6 +63,7 @@ class Backend:
         self.in_flight = 0
         # Active health checking's verdict (True until probes say otherwise).
         self.healthy = True
+        self.drained = False
         self.available = True
         # Outlier detection: 0.0 = not ejected, else the clock time it comes back.
         self.ejected_until = 0.0
@@ -73,7 +76,7 @@ class Backend:
         self._up.set(1)
 
     def update_available(self) -> None:
-        available = self.healthy and not self.ejected_until
+        available = self.healthy and not self.ejected_until and not self.drained
         if available != self.available:
             self.available = available
             self._up.set(1 if available else 0)

@@ -1,0 +1,207 @@
+"""What the admin API acts on.
+
+* `LiveControl`: one gateway process (`kairos serve`): the listener runs on the
+  gateway's own event loop and swaps the Gateway's Runtime with the same
+  compile-and-swap the file reload uses; clusters are read from the live Backends.
+* `SupervisorControl`: `kairos serve --workers N`: the listener runs in the
+  supervisor. A change is validated and compiled there (a dry compile: nothing is
+  started), written to the config file, and every worker reloads it on SIGHUP, the
+  same reload an operator's `kill -HUP` triggers. Backend state and statistics come
+  from the workers' shared prometheus directory; drain is not available there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kairos.admin.document import route_id
+from kairos.config import GatewayConfig
+from kairos.observability import metrics
+from kairos.observability.logging import log_event, set_level
+from kairos.upstream.breaker import STATE_NAMES
+
+
+class NotSupported(Exception):
+    pass
+
+
+def _route_ids(config: GatewayConfig) -> list[tuple[str, Any]]:
+    return [(route_id(rc.model_dump(exclude_none=True)), rc) for rc in config.routers]
+
+
+def reload_counts() -> dict[str, int]:
+    """kairos_config_reloads_total by result (every worker's, under --workers)."""
+    out = {"success": 0, "error": 0}
+    families: Any
+    if metrics.multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        families = multiprocess.MultiProcessCollector(None).collect()
+    else:
+        families = metrics.CONFIG_RELOADS.collect()
+    for family in families:
+        if family.name != "kairos_config_reloads":
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total") and s.labels.get("result") in out:
+                out[s.labels["result"]] += int(s.value)
+    return out
+
+
+class LiveControl:
+    mode = "single-process"
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    @property
+    def started_at(self) -> float:
+        return time.time() - (time.monotonic() - self.gateway.started_at)
+
+    def check(self, config: GatewayConfig) -> None:
+        """Nothing to do before the swap: the swap compiles first and changes nothing on failure."""
+
+    def activate(self, config: GatewayConfig) -> None:
+        """Compile and swap, as a file reload does; raises (the old Runtime stays) on failure."""
+        old = self.gateway.config
+        try:
+            self.gateway.swap(config)
+        except Exception:
+            metrics.count_reload("error")
+            raise
+        metrics.count_reload("success")
+        if config.logging.level != old.logging.level:
+            set_level(config.logging.level)
+        log_event("config_reloaded", trigger="admin", source=self.gateway.config_path,
+                  routes=len(self.gateway.runtime.routes))
+
+    def written(self, digest: bytes) -> None:
+        # The file watcher will see our own write: the same digest makes it a no-op.
+        self.gateway.config_digest = digest
+
+    def revert(self, config: GatewayConfig) -> None:
+        self.gateway.swap(config)
+
+    def clusters(self) -> list[dict[str, Any]]:
+        runtime = self.gateway.runtime
+        now = time.monotonic()
+        rows: dict[str, dict[str, Any]] = {}
+        for route in runtime.routes:
+            rid = route_id(route.config.model_dump(exclude_none=True))
+            cluster = route.cluster
+            for backend, weight in zip(cluster.backends, cluster.weights):
+                row = rows.get(backend.address)
+                if row is None:
+                    breaker = backend.breaker
+                    state = STATE_NAMES[breaker.state] if breaker is not None else "closed"
+                    ejected = bool(backend.ejected_until and backend.ejected_until > now)
+                    row = rows[backend.address] = {
+                        "address": backend.address,
+                        "healthy": backend.healthy,
+                        "available": backend.available and not ejected,
+                        "drained": backend.drained,
+                        "breaker": state if breaker is not None and breaker.__class__.__name__ != "NoBreaker" else "disabled",
+                        "ejected": ejected,
+                        "ejected_for_s": round(backend.ejected_until - now, 3) if ejected else 0.0,
+                        "ejections": backend.ejections,
+                        "in_flight": backend.in_flight,
+                        "routes": [],
+                    }
+                row["routes"].append({"id": rid, "weight": weight})
+        return list(rows.values())
+
+    def drain(self, address: str, drained: bool) -> bool:
+        backend = self.gateway.runtime.backends.get(address)
+        if backend is None:
+            return False
+        backend.drained = drained
+        backend.update_available()
+        return True
+
+
+class SupervisorControl:
+    mode = "workers"
+
+    def __init__(self, config_path: str, workers: int, signal_workers: Callable[[], None]) -> None:
+        from kairos.config import load_config
+
+        self.config_path = config_path
+        self._workers = workers
+        self.signal_workers = signal_workers
+        self._config = load_config(config_path)
+        self.started = time.time()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def started_at(self) -> float:
+        return self.started
+
+    def check(self, config: GatewayConfig) -> None:
+        """A dry compile, so a config that validates but cannot be compiled never reaches the workers."""
+        from kairos.app import Gateway  # the compile step lives there (until the gateway module moves)
+
+        Gateway(config, None)
+
+    def activate(self, config: GatewayConfig) -> None:
+        self._config = config
+
+    def written(self, digest: bytes) -> None:
+        self.signal_workers()
+        log_event("config_pushed", trigger="admin", source=self.config_path, workers=self._workers)
+
+    def revert(self, config: GatewayConfig) -> None:
+        self._config = config
+
+    def clusters(self) -> list[dict[str, Any]]:
+        from prometheus_client import multiprocess
+
+        up: dict[str, float] = {}
+        breaker: dict[str, float] = {}
+        if metrics.multiprocess_dir():
+            for family in multiprocess.MultiProcessCollector(None).collect():
+                target = {"kairos_backend_up": up, "kairos_circuit_breaker_state": breaker}.get(family.name)
+                if target is None:
+                    continue
+                for s in family.samples:
+                    target[s.labels.get("backend", "")] = s.value
+        rows: dict[str, dict[str, Any]] = {}
+        for rid, rc in _route_ids(self._config):
+            for b in rc.backend_list:
+                row = rows.get(b.address)
+                if row is None:
+                    state = breaker.get(b.address)
+                    row = rows[b.address] = {
+                        "address": b.address,
+                        "healthy": up.get(b.address, 1.0) >= 1,
+                        "available": up.get(b.address, 1.0) >= 1,
+                        "drained": False,
+                        "breaker": STATE_NAMES[int(state)] if state is not None else "closed",
+                        "ejected": False,
+                        "ejected_for_s": 0.0,
+                        "ejections": 0,
+                        "in_flight": None,  # per worker, not shared
+                        "routes": [],
+                    }
+                row["routes"].append({"id": rid, "weight": b.weight})
+        return list(rows.values())
+
+    def drain(self, address: str, drained: bool) -> bool:
+        raise NotSupported("drain is available with one worker process only (see docs/admin.md)")
+
