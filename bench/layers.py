@@ -6,6 +6,11 @@ more than a layer costs, so each layer is also measured here in isolation.
 Each layer wraps a no-op app that answers 200 with a small body; the number is
 the time per request of (layer + no-op) minus the no-op alone. The access log
 writes to /dev/null (fd 1 redirected) so the terminal is not measured.
+
+`--stack` measures the whole proxied path instead: the app's entry down to the
+Forwarder, with the upstream client's `request` replaced by an in-memory answer.
+It uses only `create_app` and the client's `request`, so it runs against an older
+checkout too (`--repo PATH`), for a same-run A/B (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--repo" in sys.argv:
+    REPO = os.path.abspath(sys.argv[sys.argv.index("--repo") + 1])
+sys.path.insert(0, REPO)
 
 from kairos.app import create_app  # noqa: E402
 from kairos.config.models import CorsConfig  # noqa: E402
@@ -64,22 +72,83 @@ def edge_layers() -> dict:
     from kairos.middleware.auth import auth_layer
     from kairos.middleware.ratelimit import ratelimit_layer
 
+    def build(factory, gw):  # a factory from kairos/layers.py: (route, deps) -> wrap
+        return factory(gw.runtime.routes[0], gw.deps)(noop)
+
     route = {"external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"], "host": "http://127.0.0.1",
              "port": 9, "auth_required": True}
     layers = {}
     token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 3600, "iss": "b", "aud": "b"}, SECRET, algorithm="HS256")
     config = {"jwt": {"secret": SECRET, "issuer": "b", "audience": "b"}, "routers": [route]}
     gw = create_app(config).state.gateway
-    layers["auth (same token, cached)"] = (auth_layer(gw.runtime.routes[0], gw.config, gw, noop),
+    layers["auth (same token, cached)"] = (build(auth_layer, gw),
                                            [(b"authorization", b"Bearer " + token.encode())])
     for window in ("FixedWindow", "SlidingWindow", "TokenBucket"):
         rl = {"strategy": "PerIP", "requests_per_window": 10**9, "window_duration": 60, "window_type": window}
         gw = create_app({"rate_limit": rl, "routers": [dict(route, auth_required=False)]}).state.gateway
-        layers[f"rate limit, memory, {window}"] = (ratelimit_layer(gw.runtime.routes[0], gw.config, gw, noop), [])
+        layers[f"rate limit, memory, {window}"] = (build(ratelimit_layer, gw), [])
     return layers
 
 
+class FakeResponse:
+    """What the upstream client returns, answered from memory."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+        self.read_timeout = None
+        self._chunks = [b'{"ok":true}']
+
+    async def read(self) -> bytes:
+        return self._chunks.pop() if self._chunks else b""
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def fake_request(*args, **kwargs) -> FakeResponse:
+    return FakeResponse()
+
+
+STACK_ROUTE = {"external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"], "host": "http://127.0.0.1",
+               "port": 9}
+STACKS = {
+    "proxied GET, route without policies": {"routers": [STACK_ROUTE]},
+    "proxied GET, cors + rate limit + ip rules": {
+        "cors": {"allowed_origins": ["https://*.example.com"]},
+        "rate_limit": {"strategy": "PerIP", "requests_per_window": 10**9, "window_duration": 60},
+        "ip_allow": ["127.0.0.0/8"],
+        "routers": [STACK_ROUTE],
+    },
+}
+
+
+async def run_stack(app, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        scope = {"type": "http", "method": "GET", "path": "/api/1", "raw_path": b"/api/1", "query_string": b"a=1",
+                 "headers": list(HEADERS), "client": ("127.0.0.1", 5555), "scheme": "http", "root_path": "",
+                 "http_version": "1.1", "server": ("127.0.0.1", 5900)}
+        await app(scope, receive, sink)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+async def stacks(n: int) -> None:
+    for name, config in STACKS.items():
+        app = create_app(dict(config, logging={"access_log": True}))
+        app.state.gateway.upstream.request = fake_request
+        await run_stack(app, 5_000)
+        t = min([await run_stack(app, n) for _ in range(3)])
+        print(f"{name:44s} {t:6.2f} µs/request")
+
+
 async def main() -> None:
+    if "--stack" in sys.argv:
+        await stacks(50_000)
+        return
     app = create_app({"version": 1, "routers": []})
     gateway = app.state.gateway
     gateway_nolog = create_app({"version": 1, "routers": [], "logging": {"access_log": False}}).state.gateway

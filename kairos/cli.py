@@ -93,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn's httptools protocol + server.request_header_timeout_ms
+        http="kairos.server:HeadTimeoutProtocol",
     )
     admin_sock = _admin_socket(config)
     if workers > 1:
@@ -136,11 +138,11 @@ def _admin_socket(config: GatewayConfig):  # type: ignore[no-untyped-def]
 
 
 def _capture_signals(server: "uvicorn.Server", gateway: "Gateway"):  # type: ignore[name-defined]  # noqa: F821
-    """SIGTERM drains, SIGINT stops, SIGHUP reloads (kairos.app.install_signal_handlers); none is re-raised."""
+    """SIGTERM drains, SIGINT stops, SIGHUP reloads (kairos.gateway.install_signal_handlers); none is re-raised."""
     import contextlib
     import signal
 
-    from kairos.app import install_signal_handlers
+    from kairos.gateway import install_signal_handlers
 
     @contextlib.contextmanager
     def capture():

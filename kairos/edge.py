@@ -1,6 +1,6 @@
 """State the edge policies share across routes and across config reloads.
 
-One per Gateway: the JWKS fetchers (one per URL), the JWT verifiers (one per
+One per gateway process: the JWKS fetchers (one per URL), the JWT verifiers (one per
 distinct `jwt` block, so the verified-token cache survives a reload that does not
 change it), the in-memory rate-limit counters, and one Redis pool per URL.
 """
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import httpx
 
 from kairos.auth.jwks import JwksFetcher
 from kairos.auth.jwt import JwtVerifier
 from kairos.config.models import JwtConfig
 from kairos.ratelimit import MemoryCounters, MemoryTokenBucket, RedisBackend
-
-if TYPE_CHECKING:
-    from kairos.app import Gateway
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -37,7 +35,8 @@ class EdgeState:
         self._used: set[Any] = set()
 
     # ------------------------------------------------------------------ compile time
-    def verifier(self, config: JwtConfig, gateway: Gateway) -> JwtVerifier:
+    def verifier(self, config: JwtConfig, http: httpx.AsyncClient) -> JwtVerifier:
+        """The verifier for a `jwt` block (`http` fetches its JWKS), shared while the block is unchanged."""
         secret = config.secret.get_secret_value() if config.secret is not None else ""
         ident = hashlib.sha256((config.model_dump_json() + "\0" + secret).encode()).hexdigest()
         verifier = self.verifiers.get(ident)
@@ -48,7 +47,7 @@ class EdgeState:
                 fetcher = self.jwks.get(jkey)
                 if fetcher is None:
                     fetcher = self.jwks[jkey] = JwksFetcher(
-                        config.jwks_url, gateway.upstream.http, config.jwks_cache_seconds,
+                        config.jwks_url, http, config.jwks_cache_seconds,
                         config.jwks_min_refresh_seconds,
                     )
                 self._used.add(("jwks", jkey))

@@ -18,7 +18,12 @@ the union of the methods of every pattern that matched the path.
 Captured parameters are handed out raw (percent-encoded exactly as received)
 so the proxy forwards the bytes the client sent; :class:`UnsafePath` is raised
 when a captured value could escape the internal_path template (encoded slash
-or backslash, literal backslash, ``.``/``..`` segments).
+or backslash, literal backslash, ``.``/``..`` segments, also with a
+``;parameter`` that Tomcat and Spring strip before resolving them: ``..;x``).
+
+A pattern has at most ``MAX_SEGMENTS`` segments, and compiling one is linear
+in its length (a config is input too: a 30,000-placeholder route must not
+stall a reload).
 
 Lookup cost is independent of the number of routes: one dict lookup (static
 children) per segment, plus a param and a ``:path`` child per trie node.
@@ -41,12 +46,17 @@ __all__ = [
     "MethodNotAllowed",
     "UnsafePath",
     "Router",
+    "MAX_SEGMENTS",
 ]
 
 # Segment kinds in Pattern.segments: (kind, value)
 STATIC = 0  # value: the percent-decoded literal ('' only as the last segment: trailing slash)
 PARAM = 1  # value: the parameter name
 PATH = 2  # value: the parameter name (always the last segment)
+
+# Longest pattern accepted. Real APIs nest a dozen levels at most; the cap also
+# bounds the depth of the router's depth-first search (recursion).
+MAX_SEGMENTS = 128
 
 # Characters kept as-is when a static segment is re-encoded for Pattern.shape.
 _SHAPE_SAFE = "!$&'()*+,;=:@-._~"
@@ -99,9 +109,13 @@ def parse_pattern(text: str) -> Pattern:
             f"{quote(ch, safe='')!r} if it is part of a segment)"
         )
     raw_segments = text[1:].split("/")
+    if len(raw_segments) > MAX_SEGMENTS:
+        raise PatternError(
+            f"pattern {text[:40]!r}... has {len(raw_segments)} segments; a route has at most {MAX_SEGMENTS}"
+        )
     last = len(raw_segments) - 1
     segments: list[tuple[int, str]] = []
-    names: list[str] = []
+    names: dict[str, None] = {}  # ordered set: membership in O(1)
     shape_parts: list[str] = []
     static_count = 0
     for i, seg in enumerate(raw_segments):
@@ -139,7 +153,7 @@ def parse_pattern(text: str) -> Pattern:
         name, conv = _check_placeholder_body(seg[1:-1], placeholder, text, what="pattern")
         if name in names:
             raise PatternError(f"placeholder name {name!r} is used twice in pattern {text!r}")
-        names.append(name)
+        names[name] = None
         if conv is None:
             segments.append((PARAM, name))
             shape_parts.append("{}")
@@ -183,7 +197,7 @@ class PathTemplate:
         available = frozenset(available)
         parts: list[str] = []
         slots: list[tuple[int, str]] = []
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered set: membership in O(1)
         pos = 0
         n = len(text)
         while pos < n:
@@ -211,8 +225,7 @@ class PathTemplate:
                 )
             slots.append((len(parts), name))
             parts.append("")
-            if name not in names:
-                names.append(name)
+            names[name] = None
             pos = close_at + 1
         self.text = text
         self.param_names: tuple[str, ...] = tuple(names)
@@ -264,8 +277,13 @@ def _check_param(name: str, value: str, is_path: bool) -> None:
         if "%5c" in low:
             raise UnsafePath(f"path parameter {name!r} contains an encoded backslash")
     for seg in value.split("/") if is_path else (value,):
-        # only a segment of at most 6 characters ('%2e%2e') can decode to '.' or '..'
-        if len(seg) <= 6 and (unquote(seg) if "%" in seg else seg) in (".", ".."):
+        if "%" in seg:
+            seg = unquote(seg)
+        # '..;jsessionid=x' is '..' to Tomcat and Spring, which drop ';params' first
+        cut = seg.find(";")
+        if cut != -1:
+            seg = seg[:cut]
+        if seg == "." or seg == "..":
             raise UnsafePath(f"path parameter {name!r} contains a '.' or '..' segment")
 
 

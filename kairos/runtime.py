@@ -1,4 +1,4 @@
-"""The compiled config: router, routes with their pipelines, clusters and backends.
+"""Compile a config into a Runtime: router, routes with their layer chains, clusters and backends.
 
 One immutable `Runtime` serves requests; a reload compiles a complete new one
 and the gateway swaps the reference in one assignment. A request reads the
@@ -10,71 +10,21 @@ counts, health, breaker).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from kairos.clientip import ClientIdentity
 from kairos.config.models import CircuitBreakerConfig, GatewayConfig, HealthCheckConfig, RouterConfig
-from kairos.middleware.auth import claim_header_names
-from kairos.routing import PathTemplate, Pattern, Router, parse_pattern
-from kairos.types import ASGIApp
+from kairos.deps import LayerDeps
+from kairos.layers import build_chain
+from kairos.middleware.security_headers import compile_for_route
 from kairos.observability.logging import log_event
+from kairos.route import CompiledRoute
+from kairos.routing import Router
+from kairos.upstream.backend import Backend
 from kairos.upstream.balancer import make_balancer
 from kairos.upstream.breaker import NO_BREAKER, CircuitBreaker, NoBreaker
-from kairos.upstream.cluster import Backend, Cluster
+from kairos.upstream.cluster import Cluster
 from kairos.upstream.health import HealthSpec
 from kairos.upstream.outlier import OutlierDetector
-from kairos.upstream.retry import RetryPolicy
-
-if TYPE_CHECKING:
-    from kairos.app import Gateway
-
-
-class CompiledRoute:
-    """One router entry, with everything the request path needs precomputed."""
-
-    __slots__ = (
-        "index",
-        "config",
-        "pattern",
-        "name",
-        "template",
-        "cluster",
-        "timeout_s",
-        "connect_timeout_s",
-        "read_timeout_s",
-        "preserve_host",
-        "strip_headers",
-        "pipeline",
-        "extras",
-        "retry",
-        "panic_mode",
-    )
-
-    def __init__(self, index: int, config: RouterConfig, root: GatewayConfig, cluster: Cluster) -> None:
-        self.index = index
-        self.config = config
-        self.pattern: Pattern = parse_pattern(config.external_path)
-        # The route's name in metrics and logs: its template, never the raw path.
-        self.name = config.external_path
-        self.template = PathTemplate(config.internal_path, self.pattern.param_names)
-        self.cluster = cluster
-        self.timeout_s = root.policy(config, "timeout_ms") / 1000
-        self.connect_timeout_s = root.policy(config, "connect_timeout_ms") / 1000
-        self.read_timeout_s: float | None = (root.policy(config, "read_timeout_ms") / 1000) or None
-        self.preserve_host = config.preserve_host
-        # Request headers removed before forwarding (policy layers add to this at build time).
-        # forward_claims header names are set only by the gateway: a client's copy is dropped
-        # on every route (on a protected route, auth removes them before setting its own).
-        self.strip_headers: frozenset[bytes] = frozenset() if config.auth_required else claim_header_names(root)
-        # None: exactly one upstream attempt (kairos-rs behaviour without a `retry` block).
-        self.retry = RetryPolicy(config.retry, self.name) if config.retry is not None else None
-        self.panic_mode = config.panic_mode
-        self.pipeline: ASGIApp | None = None
-        # Per-feature compiled state (breakers, limiters, ...), keyed by feature name.
-        self.extras: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        return f"CompiledRoute({self.config.methods} {self.name})"
 
 
 class Runtime:
@@ -96,10 +46,10 @@ class Runtime:
         self.identity = ClientIdentity(config.server.trusted_proxies)
 
 
-def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime | None = None) -> Runtime:
-    """Build a complete Runtime; raises on any problem, before anything is swapped."""
-    from kairos.pipeline import build_pipeline
+def compile_runtime(config: GatewayConfig, deps: LayerDeps, previous: Runtime | None = None) -> Runtime:
+    """Build a complete Runtime; raises on any problem, before anything is swapped.
 
+    Calls downward only: clusters (upstream/), then each route's chain (layers.py)."""
     old = previous.backends if previous is not None else {}
     backends: dict[str, Backend] = {}
     configured: dict[str, CircuitBreakerConfig] = {}
@@ -127,7 +77,9 @@ def compile_runtime(config: GatewayConfig, gateway: Gateway, previous: Runtime |
         routes.append(CompiledRoute(index, rc, config, cluster))
         _collect_health_checks(rc, members, health_checks)
     for route in routes:
-        route.pipeline = build_pipeline(route, config, gateway)
+        # Security headers are applied by the global layer from this compiled set (docs/architecture.md).
+        compile_for_route(route)
+        route.pipeline = build_chain(route, deps)
     return Runtime(config, routes, backends, health_checks)
 
 

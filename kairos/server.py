@@ -10,6 +10,11 @@ reader callback, which accepts what is waiting (up to ACCEPT_BATCH per wake-up,
 as asyncio's own loop does with its backlog) and hands each socket to the loop's
 `connect_accepted_socket` with uvicorn's protocol. Everything else -- protocol,
 lifespan, graceful shutdown -- stays uvicorn's.
+
+HeadTimeoutProtocol is uvicorn's httptools protocol with a deadline for the request
+head (`server.request_header_timeout_ms`, nginx's `client_header_timeout`): uvicorn
+has a keep-alive timeout but none for a head that starts and then stalls, so one
+byte every few seconds holds a connection forever (slowloris).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger("uvicorn.error")
 STARTUP_FAILURE = 3
@@ -89,6 +95,67 @@ class GreedyAcceptor:
 
     async def wait_closed(self) -> None:
         return None
+
+
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+
+
+def _head_timeout_of(app: object) -> Callable[[], float]:
+    """Where the head deadline is read: the served gateway's current config (a reload changes it)."""
+    for _ in range(4):  # the app may sit inside uvicorn's own wrappers (`.app`)
+        gateway = getattr(getattr(app, "state", None), "gateway", None)
+        if gateway is not None:
+            return lambda: gateway.runtime.config.server.request_header_timeout_ms / 1000
+        app = getattr(app, "app", None)
+    return lambda: DEFAULT_HEAD_TIMEOUT_S
+
+
+class HeadTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request head does not arrive in time.
+
+    The clock starts when the connection is made (a client that connects and sends nothing
+    is cut too) and again at the first byte of each later request; it stops when the head
+    is complete. Between requests uvicorn's own keep-alive timeout applies, and a slow body
+    is the route's timeout's business. As nginx does, nothing is answered: the connection
+    is closed.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.head_timeout = _head_timeout_of(self.app)
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.head_timer is None:
+            self._start_head_clock()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_clock()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def _start_head_clock(self) -> None:
+        timeout = self.head_timeout()
+        if timeout > 0:
+            self.head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class GatewayServer(uvicorn.Server):

@@ -406,7 +406,7 @@ def test_connect_timeout_is_504_timeout(gateway, upstream, sync_client):
 
 
 def test_response_hop_by_hop_headers_are_removed():
-    from kairos.proxy import response_headers
+    from kairos.proxy.exchange import response_headers
 
     raw = [
         (b"Content-Type", b"text/plain"),

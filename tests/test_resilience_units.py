@@ -16,7 +16,7 @@ from kairos.config.models import (
 )
 from kairos.upstream.balancer import ConsistentHash, HashKey, make_balancer
 from kairos.upstream.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from kairos.upstream.cluster import Backend
+from kairos.upstream.backend import Backend
 from kairos.upstream.health import HealthState
 from kairos.upstream.outlier import OutlierDetector
 from kairos.upstream.retry import IDEMPOTENT_METHODS, RetryBudget, RetryPolicy, backoff_delay

@@ -487,3 +487,69 @@ def test_large_table_matches_correctly():
         assert r.match("GET", f"/api/svc{i}/other") is None
     assert r.match("GET", "/api/svc10000/users/1") is None
     assert r.match("GET", "/api/svc5/users/") is None
+
+
+# --------------------------------------------------------------------------- hardening (issue 10)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/..;",
+        "/files/.;",
+        "/files/..;jsessionid=x",
+        "/files/.;jsessionid=x",
+        "/files/%2e%2e;x",
+        "/files/%2E.;a=b",
+        "/files/..%3bx",
+        "/files/..%3B",
+        "/files/%2e%3Bx",
+    ],
+)
+def test_dot_segment_with_a_java_path_parameter_is_unsafe(path):
+    # Tomcat and Spring drop ';params' before resolving dot segments: '..;' is '..' to them.
+    r = Router([("/files/{name}", ["GET"], 1)])
+    with pytest.raises(UnsafePath, match=r"'\.\.'"):
+        r.match("GET", path)
+
+
+@pytest.mark.parametrize("path", ["/static/a/..;/b", "/static/.;x=1/etc", "/static/a/%2e%2e%3b/b", "/static/a/..;"])
+def test_dot_segment_with_a_java_path_parameter_in_a_path_capture_is_unsafe(path):
+    r = Router([("/static/{rest:path}", ["GET"], 1)])
+    with pytest.raises(UnsafePath):
+        r.match("GET", path)
+
+
+@pytest.mark.parametrize("value", ["a;b", "...;x", "..x;y", ";..", "x.;", "%2e%2e%2e;x"])
+def test_semicolons_away_from_dot_segments_are_fine(value):
+    r = Router([("/files/{name}", ["GET"], 1), ("/multi/{a}/{b}", ["GET"], 2)])
+    assert r.match("GET", "/files/" + value) == Match(1, {"name": value})
+    assert r.match("GET", f"/multi/{value}/x") == Match(2, {"a": value, "b": "x"})
+
+
+def test_a_pattern_with_30000_placeholders_is_refused():
+    text = "/" + "/".join(f"{{p{i}}}" for i in range(30_000))
+    with pytest.raises(PatternError, match="30000 segments.*at most 128"):
+        parse_pattern(text)
+
+
+def test_the_longest_allowed_pattern_compiles_and_matches_a_miss_without_recursion_trouble():
+    from kairos.routing import MAX_SEGMENTS
+
+    text = "/" + "/".join(f"{{p{i}}}" for i in range(MAX_SEGMENTS))
+    pattern = parse_pattern(text)
+    assert len(pattern.param_names) == MAX_SEGMENTS
+    r = Router([(pattern, ["GET"], 1), ("/{rest:path}", ["PUT"], 2)])
+    deep = "/" + "/".join("a" for _ in range(MAX_SEGMENTS))
+    assert target_of(r, "GET", deep) == 1
+    # a miss explores the whole trie depth-first (the slow path), still fine
+    assert r.match("POST", deep) == MethodNotAllowed(("GET", "HEAD", "PUT"))
+    assert r.match("POST", deep * 50) == MethodNotAllowed(("PUT",))
+
+
+def test_template_compilation_is_linear_in_its_placeholders():
+    # one name used 30,000 times: the template keeps a set of names, not a scanned list
+    text = "/" + "/".join("{a}" for _ in range(30_000))
+    template = PathTemplate(text, ["a"])
+    assert template.param_names == ("a",)
+    assert template.render({"a": "x"}) == "/" + "/".join("x" for _ in range(30_000))

@@ -155,7 +155,7 @@ class SupervisorControl:
 
     def check(self, config: GatewayConfig) -> None:
         """A dry compile, so a config that validates but cannot be compiled never reaches the workers."""
-        from kairos.app import Gateway  # the compile step lives there (until the gateway module moves)
+        from kairos.gateway import Gateway  # a throwaway Gateway: the same compile a reload runs
 
         Gateway(config, None)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +26,15 @@ from kairos.routing import Router, parse_pattern
 
 DEFAULT_CONFIG_PATH = "./config.json"
 ENV_PREFIX = "KAIROS_"
+
+# A config is input like any other. A real one is a few KiB, nests 5 levels and
+# holds no integer above 2**63; these bounds turn pathological files (a gigabyte,
+# thousands of levels, a 5,000-digit integer Python refuses to convert) into
+# problems instead of a traceback, a hang or a stalled reload.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 30
+MAX_PROBLEMS = 50
 
 
 class ConfigError(Exception):
@@ -42,23 +53,101 @@ def config_path_from_env(environ: Mapping[str, str] = os.environ) -> str:
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
-    if not p.exists():
-        raise ConfigError([f"config file not found: {p}"], str(p))
-    if p.is_dir():
-        raise ConfigError([f"config path is a directory, not a file: {p}"], str(p))
     try:
-        text = p.read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError([f"config file not found: {p}"], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc}"], str(p)) from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError([f"config path is a directory, not a file: {p}"], str(p))
+    if not stat.S_ISREG(mode):  # a FIFO blocks, /dev/zero never ends
+        raise ConfigError([f"config path is not a regular file: {p}"], str(p))
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        # utf-8-sig: a byte-order mark written by an editor is not an error
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read config file: {exc}"], str(p)) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config file is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB"], str(p))
     if not text.strip():
         raise ConfigError(["config file is empty"], str(p))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"], str(p)) from None
+    data = parse_json(text, str(p))
     if not isinstance(data, dict):
         raise ConfigError(["the top level must be a JSON object"], str(p))
     return data
+
+
+class _Unusable:
+    """A JSON value that was read but cannot be used; reported with its path by check_tree."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class _Object(dict):  # type: ignore[type-arg]
+    """A JSON object whose text repeated a key (json keeps the last one silently)."""
+
+    duplicates: list[str]
+
+
+def _parse_int(text: str) -> Any:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:  # int() refuses above 4,300 digits with a ValueError
+        return _Unusable(f"an integer with {digits} digits (a config number has at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    out = _Object(obj)
+    seen: set[str] = set()
+    out.duplicates = list(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return out
+
+
+def parse_json(text: str, source: str | None = None) -> Any:
+    """json.loads that answers ConfigError for what json lets through or raises on."""
+    try:
+        return json.loads(text, parse_int=_parse_int, object_pairs_hook=_object)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"], source) from None
+    except RecursionError:
+        raise ConfigError([f"the JSON is nested too deeply to read (a config nests at most {MAX_DEPTH} levels)"], source) from None
+
+
+def check_tree(data: Any) -> list[str]:
+    """Problems in the shape of parsed JSON, each with its path; iterative, so depth cannot hurt.
+
+    Too deep, a value json read but nothing can use (NaN, Infinity, a number too large to be
+    finite, a huge integer), a key given twice in one object.
+    """
+    problems: list[str] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack and len(problems) <= MAX_PROBLEMS:
+        value, loc = stack.pop()
+        where = format_path(loc) or "top level"
+        if isinstance(value, _Unusable):
+            problems.append(f"{where}: {value.why}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}: {value} is not a finite number (NaN, Infinity, or too large)")
+        elif isinstance(value, (dict, list)):
+            if len(loc) >= MAX_DEPTH:
+                problems.append(f"{where}: nested more than {MAX_DEPTH} levels deep")
+                continue
+            for key in getattr(value, "duplicates", ()):
+                problems.append(f"{where}: key '{key}' is given more than once")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, loc + (k,)) for k, v in reversed(list(items)))
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = ["... (more problems not listed)"]
+    return problems
 
 
 def strip_comments(value: Any) -> Any:
@@ -82,9 +171,18 @@ def load_config(path: str | os.PathLike[str] | None = None, use_env: bool = True
 
 def parse_config(data: Mapping[str, Any], use_env: bool = True) -> GatewayConfig:
     """Validate a config dict (KAIROS_* environment overrides applied, unless told not to)."""
+    problems = check_tree(data)
+    if problems:
+        raise ConfigError(problems)
     data = strip_comments(dict(data))
     try:
         merged = _apply_environment(data) if use_env else data
+    except (RecursionError, ValueError) as exc:  # pydantic-settings' json.loads of a KAIROS_* value
+        raise ConfigError([f"a {ENV_PREFIX}* environment variable cannot be read: {str(exc)[:200]}"]) from None
+    problems = check_tree(merged)
+    if problems:
+        raise ConfigError([f"{p} (after {ENV_PREFIX}* environment overrides)" for p in problems])
+    try:
         config = GatewayConfig.model_validate(merged)
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
@@ -279,4 +377,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "read_json",
+    "parse_json",
+    "check_tree",
 ]

@@ -119,6 +119,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # A request head (line + headers) must arrive within this, or the connection is closed
+    # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
+    request_header_timeout_ms: NonNegativeInt = 10000
 
 
 class LoggingConfig(Model):

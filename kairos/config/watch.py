@@ -7,20 +7,19 @@ Any event on the file's name (or a `..`-prefixed entry) triggers
 and keeps the old config if the new one is invalid (a half-written file
 included: the write that completes it is one more event).
 
-SIGHUP triggers the same reload (kairos.app.install_signal_handlers).
+SIGHUP triggers the same reload (kairos.gateway.install_signal_handlers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from kairos.observability.logging import log_event
-
-if TYPE_CHECKING:
-    from kairos.app import Gateway
 
 # Group the events of one write; under a constant stream of other events in the
 # directory (a log file next to the config) a batch is yielded at least this often.
@@ -28,11 +27,21 @@ DEBOUNCE_MS = 300
 STEP_MS = 50
 
 
+def file_digest(path: str) -> bytes | None:
+    """The content's SHA-256 (None when the file cannot be read): a reload skips an unchanged file."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return None
+
+
 class ConfigWatcher:
-    def __init__(self, gateway: Gateway) -> None:
-        assert gateway.config_path is not None
-        self.gateway = gateway
-        self.path = os.path.abspath(gateway.config_path)
+    """Calls `reload("file")` (Gateway.reload) for every batch of events on the config file."""
+
+    def __init__(self, path: str, reload: Callable[[str], Any]) -> None:
+        self.reload = reload
+        self.path = os.path.abspath(path)
         self.directory = os.path.dirname(self.path)
         self.name = os.path.basename(self.path)
         self._stop = asyncio.Event()
@@ -43,10 +52,6 @@ class ConfigWatcher:
         return base == self.name or base.startswith("..")
 
     def start(self) -> None:
-        from kairos.app import _file_digest
-
-        if getattr(self.gateway, "config_digest", None) is None:
-            self.gateway.config_digest = _file_digest(self.path)  # type: ignore[attr-defined]
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kairos-config-watch")
 
     async def _run(self) -> None:
@@ -62,7 +67,7 @@ class ConfigWatcher:
                     stop_event=self._stop,
                     recursive=False,
                 ):
-                    self.gateway.reload("file")
+                    self.reload("file")
             except Exception as exc:  # e.g. the directory vanished: retry, never crash the gateway
                 log_event("config_watch_error", logging.WARNING, directory=self.directory, error=str(exc))
                 try:

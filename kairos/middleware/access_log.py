@@ -1,9 +1,11 @@
 """Access log and request metrics for proxied traffic (everything the catch-all handles).
 
 It wraps GatewayEndpoint only, so /health, /live, /ready and /metrics are never
-counted or logged as proxied traffic. Per request: one header scan, one `send`
-wrapper, cached metric children, and (when `logging.access_log` is on) one dict
-dumped by orjson into a buffer flushed once per loop iteration.
+counted or logged as proxied traffic. Per request: no `send` wrapper (the
+request's Exchange records the status and counts the bytes out), a `receive`
+wrapper only when there is a body, cached metric children, and (when
+`logging.access_log` is on) one header scan and one dict dumped by orjson into
+a buffer flushed once per loop iteration.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from typing import TYPE_CHECKING
 from kairos.config.models import HTTP_METHODS
 from kairos.observability import metrics
 from kairos.observability.logging import access_log_writer, clock, redact_query
+from kairos.proxy.exchange import exchange_of
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.deps import RuntimeSource
 
 _METHODS = frozenset(HTTP_METHODS)
 UNMATCHED = "unmatched"
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, source: RuntimeSource) -> None:
         self.app = app
-        self.gateway = gateway
+        self.source = source
         self.writer = access_log_writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,31 +37,10 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        log_on = self.gateway.runtime.config.logging.access_log
-        user_agent = b""
-        has_body = False
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                user_agent = value
-            elif name == b"content-length":
-                has_body = value != b"0"
-            elif name == b"transfer-encoding":
-                has_body = True
-        status = 0
-        bytes_out = 0
+        log_on = self.source.runtime.config.logging.access_log
+        exchange, send = exchange_of(scope, send)
         bytes_in = 0
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            else:
-                body = message.get("body")
-                if body:
-                    bytes_out += len(body)
-            await send(message)
-
-        if has_body:
+        if exchange.has_body:
 
             async def receive_counted() -> Message:
                 nonlocal bytes_in
@@ -75,7 +57,7 @@ class AccessLog:
         active = metrics.ACTIVE
         active.inc()
         try:
-            await self.app(scope, inner_receive, send_counted)
+            await self.app(scope, inner_receive, send)
         finally:
             active.dec()
             duration = time.perf_counter() - start
@@ -84,10 +66,13 @@ class AccessLog:
             method = scope["method"]
             if method not in _METHODS:
                 method = "other"
-            if status == 0:
-                status = 500  # nothing was sent: the error middleware answers 500
+            status = exchange.status or 500  # nothing was sent: the error middleware answers 500
             metrics.observe_request(route_name, method, status, duration)
             if log_on:
+                user_agent = b""
+                for name, value in scope["headers"]:
+                    if name == b"user-agent":
+                        user_agent = value
                 qs = scope.get("query_string")
                 record = {
                     "timestamp": clock.now(),
@@ -103,7 +88,7 @@ class AccessLog:
                     "duration_ms": round(duration * 1000, 3),
                     "upstream": scope.get("kairos.backend"),
                     "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
+                    "bytes_out": exchange.bytes_out,
                     "user_agent": user_agent.decode("latin-1"),
                 }
                 error = scope.get("kairos.error")

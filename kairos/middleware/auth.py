@@ -9,6 +9,7 @@ headers are set from them (client-sent copies removed first) and, with
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,19 +21,12 @@ from kairos.observability.metrics import AUTH_FAILURES
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
-    from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.config.models import JwtConfig
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 _CHALLENGE = [(b"www-authenticate", b"Bearer")]
 _INVALID = [(b"www-authenticate", b'Bearer error="invalid_token"')]
-
-
-def claim_header_names(config: GatewayConfig) -> frozenset[bytes]:
-    """Request header names that only the gateway may set (forward_claims targets)."""
-    if config.jwt is None:
-        return frozenset()
-    return frozenset(name.lower().encode("latin-1") for name in config.jwt.forward_claims.values())
 
 
 def _header_value(value: Any) -> bytes:
@@ -51,16 +45,14 @@ def _header_value(value: Any) -> bytes:
 
 
 class Authenticate:
-    def __init__(self, app: ASGIApp, route: CompiledRoute, verifier: JwtVerifier, config: GatewayConfig) -> None:
-        jwt_config = config.jwt
-        assert jwt_config is not None
+    def __init__(self, app: ASGIApp, verifier: JwtVerifier, jwt_config: JwtConfig, route_name: str) -> None:
         self.app = app
-        self.route_name = route.name
+        self.route_name = route_name
         self.verifier = verifier
         self.forward = tuple(
             (claim, header.lower().encode("latin-1")) for claim, header in jwt_config.forward_claims.items()
         )
-        drop = set(claim_header_names(config))
+        drop = {header.lower().encode("latin-1") for header in jwt_config.forward_claims.values()}
         if not jwt_config.forward_token:
             drop.add(b"authorization")
         self.drop = frozenset(drop)
@@ -104,9 +96,10 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def auth_layer(route: CompiledRoute, config: GatewayConfig, gateway: Gateway, app: ASGIApp) -> ASGIApp:
-    """Wrap `app` in Authenticate when the route needs a token; otherwise return it as is."""
-    if not route.config.auth_required or config.jwt is None:
-        return app
-    verifier = gateway.edge.verifier(config.jwt, gateway)
-    return Authenticate(app, route, verifier, config)
+def auth_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    """Authenticate when the route needs a token (and a `jwt` block is configured)."""
+    jwt_config = route.root.jwt
+    if not route.config.auth_required or jwt_config is None:
+        return None
+    verifier = deps.edge.verifier(jwt_config, deps.upstream.http)
+    return partial(Authenticate, verifier=verifier, jwt_config=jwt_config, route_name=route.name)

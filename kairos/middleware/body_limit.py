@@ -13,14 +13,16 @@ do not need; this layer is one header scan for a request without a body.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
-from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
+from kairos.proxy.exchange import exchange_of
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 _CLOSE = [(b"connection", b"close")]
 
@@ -59,7 +61,7 @@ class BodyLimit:
 
         received = 0
         exceeded = False
-        started = False
+        exchange, send = exchange_of(scope, send)  # it knows whether the response has started
 
         async def receive_limited() -> Message:
             nonlocal received, exceeded
@@ -73,23 +75,17 @@ class BodyLimit:
                     raise BodyTooLarge()
             return message
 
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, receive_limited, send_tracked)
+            await self.app(scope, receive_limited, send)
         except Exception:
             # The upstream exchange failed because we cut the body: that is a 413, not a 502.
-            if exceeded and not started:
+            if exceeded and not exchange.started:
                 raise self._too_large() from None
             raise
 
 
-def body_limit_layer(app: ASGIApp, route: CompiledRoute, config: GatewayConfig) -> ASGIApp:
-    limit = config.policy(route.config, "max_body_size")
+def body_limit_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    limit = route.policy("max_body_size")
     if not limit:
-        return app
-    return BodyLimit(app, limit)
+        return None
+    return partial(BodyLimit, limit=limit)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from kairos.config.models import CorsConfig, GatewayConfig
+from functools import partial
+
+from kairos.config.models import CorsConfig
+from kairos.proxy.exchange import on_response_start
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 KEY = "cors"  # CompiledRoute.extras key
 
@@ -134,39 +138,36 @@ class CorsPolicy:
 
 
 class Cors:
-    """The per-route layer: preflights answered here, actual responses decorated."""
+    """The per-route layer: preflights answered here, actual responses decorated (a response-start hook)."""
 
     def __init__(self, app: ASGIApp, policy: CorsPolicy) -> None:
         self.app = app
         self.policy = policy
+        self.hook = self.add_headers  # bound once, not per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        policy = self.policy
-        if scope["method"] == "OPTIONS" and await policy.answer_preflight(scope, send):
+        if scope["method"] == "OPTIONS" and await self.policy.answer_preflight(scope, send):
             return
+        await self.app(scope, receive, on_response_start(scope, send, self.hook))
+
+    def add_headers(self, scope: Scope, message: Message) -> None:
         origin = None
         for name, value in scope["headers"]:
             if name == b"origin":
                 origin = value
                 break
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = policy.response_headers(list(message.get("headers") or ()), origin)
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
+        message["headers"] = self.policy.response_headers(list(message.get("headers") or ()), origin)
 
 
-def effective_cors(route: CompiledRoute, config: GatewayConfig) -> CorsConfig | None:
-    return route.config.cors if route.config.cors is not None else config.cors
+def effective_cors(route: CompiledRoute) -> CorsConfig | None:
+    return route.config.cors if route.config.cors is not None else route.root.cors
 
 
-def cors_layer(app: ASGIApp, route: CompiledRoute, config: GatewayConfig) -> ASGIApp:
-    """Wrap `app` in the route's CORS layer, if the route (or the top level) configures CORS."""
-    cfg = effective_cors(route, config)
+def cors_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    """The route's CORS layer, if the route (or the top level) configures CORS."""
+    cfg = effective_cors(route)
     if cfg is None:
-        return app
+        return None
     policy = CorsPolicy(cfg)
     route.extras[KEY] = policy  # GatewayEndpoint answers preflights on a 405 with it
-    return Cors(app, policy)
+    return partial(Cors, policy=policy)

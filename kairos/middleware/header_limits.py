@@ -15,17 +15,17 @@ from kairos.errors import send_error
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
+    from kairos.deps import RuntimeSource
 
 
 class HeaderLimits:
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, source: RuntimeSource) -> None:
         self.app = app
-        self.gateway = gateway
+        self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            server = self.gateway.runtime.config.server
+            server = self.source.runtime.config.server
             headers = scope["headers"]
             if server.max_headers and len(headers) > server.max_headers:
                 scope["kairos.error"] = "header_too_large"

@@ -8,15 +8,15 @@ of its networks is refused. A refusal is 403 `forbidden`.
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 from typing import TYPE_CHECKING
 
 from kairos.errors import GatewayError
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
-    from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 CACHE_SIZE = 4096
 
@@ -65,9 +65,9 @@ class IPRules:
         await self.app(scope, receive, send)
 
 
-def ip_rules_layer(route: CompiledRoute, config: GatewayConfig, gateway: Gateway, app: ASGIApp) -> ASGIApp:
-    allow = _networks(config.policy(route.config, "ip_allow"))
-    deny = _networks(config.policy(route.config, "ip_deny"))
+def ip_rules_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    allow = _networks(route.policy("ip_allow"))
+    deny = _networks(route.policy("ip_deny"))
     if allow is None and not deny:
-        return app
-    return IPRules(app, allow, deny)
+        return None
+    return partial(IPRules, allow=allow, deny=deny)

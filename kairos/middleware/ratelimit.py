@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kairos.config.models import PerHeader, RateLimitConfig
@@ -38,12 +39,12 @@ from kairos.ratelimit import (
     RedisTokenBucket,
     RedisWindow,
 )
+from kairos.proxy.exchange import on_response_start
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
-    from kairos.config.models import GatewayConfig
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import LayerDeps, Wrap
+    from kairos.route import CompiledRoute
 
 LOG_INTERVAL_S = 30.0
 # After a Redis failure, requests skip Redis (and follow on_redis_error) this long
@@ -85,14 +86,14 @@ class RateLimit:
     def __init__(
         self,
         app: ASGIApp,
-        route: CompiledRoute,
+        route_name: str,
         rl: RateLimitConfig,
         limiter: Any,
         scope_name: str,
         health: _RedisHealth | None,
     ) -> None:
         self.app = app
-        self.route_name = route.name
+        self.route_name = route_name
         self.limiter = limiter
         self.remote = health is not None
         self.health = health
@@ -109,9 +110,9 @@ class RateLimit:
         self.with_route = strategy_name in ("PerRoute", "PerIPAndRoute", "PerUserAndRoute")
         base = f"{scope_name}:{strategy_name}"
         if self.with_route:
-            base += f":{route.name}"
+            base += f":{route_name}"
         self.base = base + ":"
-        self.limited = RATELIMITED.labels(route.name)
+        self.limited = RATELIMITED.labels(route_name)
         self.limit_header = str(limiter.limit).encode()
 
     def key(self, scope: Scope) -> str:
@@ -165,23 +166,21 @@ class RateLimit:
             headers.append((b"retry-after", str(max(1, decision.reset)).encode()))
             raise GatewayError("rate_limit_exceeded", "rate limit exceeded, retry later", headers)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", ())) + headers
-            await send(message)
+        def add_headers(scope: Scope, message: Message) -> None:
+            message["headers"] = list(message.get("headers", ())) + headers
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(scope, send, add_headers))
 
 
-def ratelimit_layer(route: CompiledRoute, config: GatewayConfig, gateway: Gateway, app: ASGIApp) -> ASGIApp:
-    """Wrap `app` in RateLimit when a `rate_limit` block applies to the route."""
-    rl: RateLimitConfig | None = config.policy(route.config, "rate_limit")
+def ratelimit_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
+    """RateLimit when a `rate_limit` block applies to the route."""
+    rl: RateLimitConfig | None = route.policy("rate_limit")
     if rl is None:
-        return app
+        return None
     own = route.config.rate_limit is not None
     scope_name = f"route:{route.name}" if own else "global"
     capacity = rl.requests_per_window + rl.burst_allowance
-    edge = gateway.edge
+    edge = deps.edge
     health = None
     if rl.enable_redis:
         backend = edge.redis_backend(redis_url_for(rl.redis_url))
@@ -200,4 +199,4 @@ def ratelimit_layer(route: CompiledRoute, config: GatewayConfig, gateway: Gatewa
         limiter = edge.token_bucket(ident, capacity, rl.requests_per_window, rl.requests_per_window / rl.window_duration)
     else:
         limiter = MemoryWindow(edge.memory, rl.window_type, capacity, rl.window_duration)
-    return RateLimit(app, route, rl, limiter, scope_name, health)
+    return partial(RateLimit, route_name=route.name, rl=rl, limiter=limiter, scope_name=scope_name, health=health)

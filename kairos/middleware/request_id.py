@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 
+from kairos.proxy.exchange import on_response_start
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 _SANE = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
@@ -34,13 +35,11 @@ class RequestID:
         if rid is None:
             rid = new_request_id()
         scope["kairos.request_id"] = rid
-        header = (HEADER, rid.encode("ascii"))
+        await self.app(scope, receive, on_response_start(scope, send, add_request_id))
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != HEADER]
-                headers.append(header)
-                message["headers"] = headers
-            await send(message)
 
-        await self.app(scope, receive, send_with_id)
+def add_request_id(scope: Scope, message: Message) -> None:
+    """Response-start hook: the request's id replaces any X-Request-ID the upstream sent."""
+    headers = [h for h in message.get("headers", ()) if h[0].lower() != HEADER]
+    headers.append((HEADER, scope["kairos.request_id"].encode("ascii")))
+    message["headers"] = headers

@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kairos.config.models import GatewayConfig, SecurityHeadersConfig
+from kairos.proxy.exchange import on_response_start
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from kairos.app import Gateway
-    from kairos.runtime import CompiledRoute
+    from kairos.deps import RuntimeSource
+    from kairos.route import CompiledRoute
 
 KEY = "security_headers"  # CompiledRoute.extras key
 
@@ -98,22 +99,23 @@ def effective(global_cfg: SecurityHeadersConfig, route_cfg: SecurityHeadersConfi
     return HeaderSet(merged, pick("hsts"), pick("override_upstream"))
 
 
-def compile_for_route(route: CompiledRoute, config: GatewayConfig) -> None:
+def compile_for_route(route: CompiledRoute) -> None:
     """Store the route's effective set in its extras (None: headers switched off for it)."""
-    route.extras[KEY] = effective(config.security_headers, route.config.security_headers)
+    route.extras[KEY] = effective(route.root.security_headers, route.config.security_headers)
 
 
 class SecurityHeaders:
-    """The global layer: wraps the whole app."""
+    """The global layer: wraps the whole app; its work is one response-start hook."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, source: RuntimeSource) -> None:
         self.app = app
-        self.gateway = gateway
+        self.source = source
         self._config: GatewayConfig | None = None
         self._global: HeaderSet | None = None
+        self.hook = self.add_headers  # bound once, not per request
 
     def global_set(self) -> HeaderSet | None:
-        config = self.gateway.runtime.config
+        config = self.source.runtime.config
         if config is not self._config:  # compiled once per loaded config
             self._global = effective(config.security_headers)
             self._config = config
@@ -123,26 +125,24 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.app(scope, receive, on_response_start(scope, send, self.hook))
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                route = scope.get("kairos.route")
-                hs = route.extras.get(KEY, _MISSING) if route is not None else _MISSING
-                if hs is _MISSING:
-                    hs = self.global_set()
-                    if hs is not None and hs.with_hsts is not hs.plain and "kairos.client_ip" not in scope:
-                        # Not proxied (health, metrics): resolve X-Forwarded-Proto from a trusted peer.
-                        scope["kairos.client_ip"] = self.gateway.runtime.identity.resolve(scope)
-                if hs is not None:
-                    hs.apply(scope, message)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    def add_headers(self, scope: Scope, message: Message) -> None:
+        """Response-start hook: the matched route's set, else the global one."""
+        route = scope.get("kairos.route")
+        hs = route.extras.get(KEY, _MISSING) if route is not None else _MISSING
+        if hs is _MISSING:
+            hs = self.global_set()
+            if hs is not None and hs.with_hsts is not hs.plain and "kairos.client_ip" not in scope:
+                # Not proxied (health, metrics): resolve X-Forwarded-Proto from a trusted peer.
+                scope["kairos.client_ip"] = self.source.runtime.identity.resolve(scope)
+        if hs is not None:
+            hs.apply(scope, message)
 
 
-def headers_for_error(gateway: Gateway, scope: Scope) -> list[tuple[bytes, bytes]]:
+def headers_for_error(source: RuntimeSource, scope: Scope) -> list[tuple[bytes, bytes]]:
     """The global set as a header list, for responses built outside the layer (the last-resort 500)."""
-    hs = effective(gateway.runtime.config.security_headers)
+    hs = effective(source.runtime.config.security_headers)
     if hs is None:
         return []
     message: Message = {"type": "http.response.start", "headers": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,25 @@ def redact_url(url: str) -> str:
 
 
 # ---------------------------------------------------------------------------- memory
+#
+# Bounded state, O(1) per decision even when full. Each table is an OrderedDict kept
+# in the order its keys expire: a fixed or sliding window key moves to the end when
+# it starts a new window (all keys of a table share one window length, so the front
+# is always the next to expire), a token bucket moves to the end on every hit. A
+# sweep pops expired keys off the front and stops at the first live one; a full
+# table evicts its front. (A plain dict would do for the order, but popping its first
+# item repeatedly is not O(1): CPython scans the holes left at the front.)
+
+
+def _fixed_expired(state: list[float], now: float, window: int) -> bool:
+    return state[1] <= now  # [count, window end]
+
+
+def _sliding_expired(state: list[float], now: float, window: int) -> bool:
+    # [window index, current, previous, window]: the previous window still counts
+    return state[0] < now // window - 1
+
+
 class MemoryCounters:
     """Window counters of this process, shared by every MemoryWindow (keys carry limit and window).
 
@@ -66,21 +86,44 @@ class MemoryCounters:
 
     def __init__(self, max_keys: int = 200_000) -> None:
         self.max_keys = max_keys
-        self.fixed: dict[str, list[float]] = {}  # key -> [count, window end]
-        self.sliding: dict[str, list[float]] = {}  # key -> [window index, current, previous, window]
+        self.size = 0  # keys in all tables
+        # (kind, window length) -> key -> state, in expiry order
+        self.tables: dict[tuple[str, int], OrderedDict[str, list[float]]] = {}
         self._next_sweep = time.time() + self.SWEEP_EVERY_S
 
+    def __len__(self) -> int:
+        return self.size
+
+    def table(self, kind: str, window: int) -> OrderedDict[str, list[float]]:
+        return self.tables.setdefault((kind, window), OrderedDict())
+
     def reset(self) -> None:
-        self.fixed.clear()
-        self.sliding.clear()
+        for table in self.tables.values():
+            table.clear()
+        self.size = 0
 
     def sweep(self, now: float) -> None:
+        """Drop expired keys: only the front of each table is looked at."""
         self._next_sweep = now + self.SWEEP_EVERY_S
-        self.fixed = {k: s for k, s in self.fixed.items() if s[1] > now}
-        self.sliding = {k: s for k, s in self.sliding.items() if s[0] >= now // s[3] - 1}
-        for table in (self.fixed, self.sliding):
-            while len(table) > self.max_keys:  # still full of live keys: evict the oldest
-                table.pop(next(iter(table)))
+        for (kind, window), table in self.tables.items():
+            expired = _fixed_expired if kind == "fw" else _sliding_expired
+            while table:
+                key, state = next(iter(table.items()))
+                if not expired(state, now, window):
+                    break
+                del table[key]
+                self.size -= 1
+
+    def add(self, table: OrderedDict[str, list[float]], key: str, state: list[float], now: float) -> None:
+        """Insert a new key at the end of its table, after making room if all are taken."""
+        if self.size >= self.max_keys:
+            self.sweep(now)
+            if self.size >= self.max_keys:  # still full of live keys: evict the next to expire
+                victim = max(self.tables.values(), key=len)
+                victim.popitem(last=False)
+                self.size -= 1
+        table[key] = state
+        self.size += 1
 
 
 class MemoryWindow:
@@ -97,31 +140,34 @@ class MemoryWindow:
         self.limit = limit
         self.window = window
         self.suffix = f"/{limit}/{window}/{'sw' if self.sliding else 'fw'}"
+        self.table = counters.table("sw" if self.sliding else "fw", window)
 
     def hit(self, key: str) -> Decision:
-        counters, limit, window = self.counters, self.limit, self.window
+        counters, limit, window, table = self.counters, self.limit, self.window, self.table
         key = key + self.suffix
         now = time.time()
         if now >= counters._next_sweep:
             counters.sweep(now)
         if not self.sliding:
-            table = counters.fixed
             state = table.get(key)
-            if state is None or state[1] <= now:
-                if len(table) >= counters.max_keys:
-                    counters.sweep(now)
-                state = table[key] = [0, now + window]
+            if state is None:
+                state = [0, now + window]
+                counters.add(table, key, state, now)
+            elif state[1] <= now:  # a new window: to the end, where the latest expiries are
+                state[0], state[1] = 0, now + window
+                table.move_to_end(key)
             state[0] += 1
             count = state[0]
             return Decision(count <= limit, limit, max(0, limit - int(count)), _whole_seconds(state[1] - now))
-        table = counters.sliding
         index = now // window
         state = table.get(key)
-        if state is None or state[0] != index:
-            previous = state[1] if state is not None and state[0] == index - 1 else 0
-            if state is None and len(table) >= counters.max_keys:
-                counters.sweep(now)
-            state = table[key] = [index, 0, previous, window]
+        if state is None:
+            state = [index, 0, 0, window]
+            counters.add(table, key, state, now)
+        elif state[0] != index:
+            previous = state[1] if state[0] == index - 1 else 0
+            state[0], state[1], state[2] = index, 0, previous
+            table.move_to_end(key)
         previous, current = state[2], state[1]
         elapsed = (now / window) % 1
         previous_ttl = (1 - elapsed) * window if previous else 0.0
@@ -140,28 +186,36 @@ class MemoryWindow:
         return Decision(allowed, limit, remaining, 0 if reset_in == math.inf else _whole_seconds(reset_in))
 
 
+def _bucket_full(state: list[float], now: float, capacity: int, rate: float) -> bool:
+    return state[0] + (now - state[1]) * rate >= capacity  # [tokens, last hit]
+
+
 class MemoryTokenBucket:
-    """capacity tokens at most, `initial` at first, refilled at `rate` per second."""
+    """capacity tokens at most, `initial` at first, refilled at `rate` per second.
+
+    Buckets are kept least recently hit first; a full bucket holds no information and is
+    dropped when it reaches the front.
+    """
 
     def __init__(self, capacity: int, initial: int, rate: float, max_keys: int = 100_000) -> None:
         self.capacity = capacity
         self.initial = min(initial, capacity)
         self.rate = rate
         self.limit = capacity
-        self.buckets: dict[str, list[float]] = {}
+        self.buckets: OrderedDict[str, list[float]] = OrderedDict()
         self.max_keys = max_keys
-        self._next_sweep = time.monotonic() + self._full_after(0.0)
-
-    def _full_after(self, tokens: float) -> float:
-        return (self.capacity - tokens) / self.rate
 
     def hit(self, key: str) -> Decision:
         now = time.monotonic()
-        state = self.buckets.get(key)
+        buckets = self.buckets
+        state = buckets.get(key)
         if state is None:
-            if len(self.buckets) >= self.max_keys or now >= self._next_sweep:
-                self._sweep(now)
-            state = self.buckets[key] = [float(self.initial), now]
+            self._sweep(now)
+            if len(buckets) >= self.max_keys:  # still full of live buckets: evict the least recent
+                buckets.popitem(last=False)
+            state = buckets[key] = [float(self.initial), now]
+        else:
+            buckets.move_to_end(key)
         tokens, ts = state
         capacity, rate = self.capacity, self.rate
         if now > ts:
@@ -179,14 +233,13 @@ class MemoryTokenBucket:
         return Decision(allowed, capacity, int(tokens), reset)
 
     def _sweep(self, now: float) -> None:
-        """Drop buckets that are full again (they hold no information)."""
-        capacity, rate = self.capacity, self.rate
-        self.buckets = {
-            k: s for k, s in self.buckets.items() if s[0] + (now - s[1]) * rate < capacity
-        }
-        self._next_sweep = now + self._full_after(0.0)
-        while len(self.buckets) >= self.max_keys:  # still full of live buckets: evict the oldest
-            self.buckets.pop(next(iter(self.buckets)))
+        """Drop full buckets off the front (least recently hit first); stop at the first that is not."""
+        buckets, capacity, rate = self.buckets, self.capacity, self.rate
+        while buckets:
+            key, state = next(iter(buckets.items()))
+            if not _bucket_full(state, now, capacity, rate):
+                break
+            del buckets[key]
 
 
 def _whole_seconds(seconds: float) -> int:

@@ -23,7 +23,7 @@ from itertools import accumulate
 
 from kairos.types import Scope
 from kairos.upstream.breaker import CLOSED, NO_BREAKER, CircuitBreaker, NoBreaker
-from kairos.upstream.cluster import Backend
+from kairos.upstream.backend import Backend
 from kairos.upstream.outlier import maybe_return
 
 VNODES_PER_WEIGHT = 160

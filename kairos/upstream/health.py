@@ -22,7 +22,7 @@ import httpx
 
 from kairos.config.models import HealthCheckConfig
 from kairos.observability.logging import log_event
-from kairos.upstream.cluster import Backend
+from kairos.upstream.backend import Backend
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from kairos.config.models import OutlierDetectionConfig
 from kairos.observability.logging import log_event
-from kairos.upstream.cluster import Backend
+from kairos.upstream.backend import Backend
 
 
 def maybe_return(backend: Backend, now: float) -> bool:

@@ -7,11 +7,10 @@ policy and makes exactly one attempt.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from kairos.config.models import RetryConfig
 from kairos.observability.metrics import RETRIES
-from kairos.types import Receive
 
 # A retry needs at least this much of the route's deadline left: uvloop's timers fire up
 # to a millisecond early, and an attempt with a sliver of time left would reach the
@@ -93,44 +92,3 @@ class RetryPolicy:
 
     def may_retry_method(self, method: str) -> bool:
         return self.non_idempotent or method in IDEMPOTENT_METHODS
-
-
-class StreamedBody:
-    """A request body larger than `retry_buffer_bytes`: not replayable. The part read
-    so far, then the rest as it arrives. `started` tells whether any of it was handed
-    to a connection (if not, a request refused at connect time can still be sent
-    elsewhere with this same body)."""
-
-    __slots__ = ("head", "rest", "started")
-
-    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]) -> None:
-        self.head = head
-        self.rest = rest
-        self.started = False
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        self.started = True
-        head, self.head = self.head, []
-        for chunk in head:
-            yield chunk
-        async for chunk in self.rest:
-            yield chunk
-
-
-async def buffer_body(receive: Receive, limit: int) -> bytes | StreamedBody:
-    """Read the request body into memory for replay, up to `limit` bytes; beyond that,
-    return a StreamedBody that forwards the rest as it streams (not replayable)."""
-    from kairos.proxy import request_body
-
-    chunks: list[bytes] = []
-    size = 0
-    stream = request_body(receive)
-    async for chunk in stream:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return StreamedBody(chunks, stream)
-    return b"".join(chunks)

@@ -1,0 +1,58 @@
+"""The narrow handles layers are built with, instead of the Gateway.
+
+`LayerDeps` is what a route layer's factory (kairos/layers.py) may use: the
+upstream client, the edge state shared across reloads, a clock. `RuntimeSource`
+is what the global layers (security headers, header limits, access log, the
+catch-all endpoint) read once per request: something holding the current
+compiled config. The Gateway is both, but nothing below kairos.gateway knows it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kairos.clientip import ClientIdentity
+from kairos.config.models import GatewayConfig
+from kairos.edge import EdgeState
+from kairos.types import ASGIApp
+from kairos.upstream.client import UpstreamClient
+
+# What a layer factory returns: given the next app in the chain, the layer around it
+# (usually functools.partial(LayerClass, **settings), as Starlette's Middleware(cls, **kw)).
+Wrap = Callable[[ASGIApp], ASGIApp]
+
+
+class LayerDeps:
+    """Handles shared by every route's layers; one per Gateway, the same across reloads."""
+
+    __slots__ = ("upstream", "edge", "clock")
+
+    def __init__(
+        self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
+        self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
+        self.clock = clock
+
+
+class CompiledConfig(Protocol):
+    """The parts of a Runtime the global layers read."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+
+    @property
+    def identity(self) -> ClientIdentity: ...
+
+    @property
+    def router(self) -> Any: ...
+
+
+class RuntimeSource(Protocol):
+    """Holds the current compiled config; a reload replaces `runtime` in one assignment,
+    so a request reads it once and finishes on the config it started with."""
+
+    @property
+    def runtime(self) -> CompiledConfig: ...

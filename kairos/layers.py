@@ -1,0 +1,74 @@
+"""The one ordered list of a route's layers, and the function that builds a route's chain from it.
+
+Outermost first: a request meets `ip_rules` first and `forward` last. Each entry
+is a factory `(route, deps) -> Wrap | None`:
+
+* `route` is the CompiledRoute being built: `route.config` is its own block,
+  `route.policy(key)` the effective value of a policy key (its own, else the
+  top-level default), `route.root` the whole config, `route.name` its metrics name;
+* `deps` (kairos.deps.LayerDeps) holds the narrow handles: `deps.upstream` (the
+  upstream client; `.http` is an httpx.AsyncClient), `deps.edge` (state kept
+  across reloads: JWKS, verifiers, rate-limit counters, Redis pools), `deps.clock`;
+* it returns None when the route does not use the feature (the route then pays
+  nothing for it), else a Wrap: given the next app, the layer around it, usually
+  `functools.partial(LayerClass, **settings)`. The layer class receives only its
+  own settings and handles, never the Gateway.
+
+A layer that only adds or replaces response headers registers a response-start
+hook (kairos.proxy.exchange.on_response_start) instead of wrapping `send`.
+Adding a feature = one module exposing one factory + one entry below
+(docs/architecture.md, "How to add a layer").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from kairos.deps import LayerDeps, Wrap
+from kairos.middleware.auth import auth_layer
+from kairos.middleware.body_limit import body_limit_layer
+from kairos.middleware.cors import cors_layer
+from kairos.middleware.ip_rules import ip_rules_layer
+from kairos.middleware.ratelimit import ratelimit_layer
+from kairos.proxy.forward import forward_layer
+from kairos.route import CompiledRoute
+from kairos.types import ASGIApp, Receive, Scope, Send
+
+LayerFactory = Callable[[CompiledRoute, LayerDeps], Wrap | None]
+
+
+class Layer(NamedTuple):
+    name: str
+    factory: LayerFactory
+
+
+LAYERS: tuple[Layer, ...] = (
+    Layer("ip_rules", ip_rules_layer),  # 403 before anything else looks at the request
+    Layer("cors", cors_layer),  # preflights answered here, even for unauthenticated clients
+    Layer("body_limit", body_limit_layer),  # 413 on the declared length; counts a streamed body
+    Layer("auth", auth_layer),  # 401; scope["kairos.user"] for the layers below
+    Layer("ratelimit", ratelimit_layer),  # 429; after auth, so PerUser sees the verified `sub`
+    # Planned, in this order (each helper adds its own line here):
+    #   compression  encodes what the layers below produce, fresh or cached
+    #   cache        answers from its store; records what the layers below return
+    #   transform    request and response rewriting, closest to the upstream
+    #   websocket    takes upgrade requests; plain HTTP passes through
+    #   tracing      a span per request: first in this list if it needs the route, else a
+    #                global layer in app.py (it then also sees 404s and the gateway's own errors)
+    Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay
+)
+
+
+async def _unreachable(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("the route's chain has no end: the last layer must answer every request")
+
+
+def build_chain(route: CompiledRoute, deps: LayerDeps, layers: tuple[Layer, ...] = LAYERS) -> ASGIApp:
+    """The route's ASGI chain: every layer whose factory returns a Wrap, in list order."""
+    app: ASGIApp = _unreachable
+    for layer in reversed(layers):
+        wrap = layer.factory(route, deps)
+        if wrap is not None:
+            app = wrap(app)
+    return app
