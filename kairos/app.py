@@ -27,8 +27,9 @@ from kairos.middleware.header_limits import HeaderLimits
 from kairos.middleware.request_id import RequestID
 from kairos.middleware.security_headers import SecurityHeaders
 from kairos.proxy.endpoint import GatewayEndpoint, LastResort
-from kairos.proxy.exchange import OpenExchange
+from kairos.proxy.exchange import PROXIED, OpenExchange
 from kairos.types import ASGIApp, Receive, Scope, Send
+from kairos.websocket.access_log import WebSocketAccessLog
 
 __all__ = ["Gateway", "GatewayApp", "create_app", "install_signal_handlers"]
 
@@ -64,7 +65,7 @@ def create_app(config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str
         lifespan=lambda app: gateway.lifespan(),
     )
     app.router.redirect_slashes = False
-    endpoint = AccessLog(HeaderLimits(GatewayEndpoint(gateway), gateway), gateway)
+    endpoint = AccessLog(WebSocketAccessLog(HeaderLimits(GatewayEndpoint(gateway), gateway), gateway), gateway)
     app.router.default = endpoint
     # Proxied traffic: the same layers, without Starlette's routing and exception wrappers.
     # OpenExchange's send is the one wrapper a proxied response crosses (header work is hooks).
@@ -85,7 +86,7 @@ class GatewayApp(Starlette):
     proxy_stack: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in PROXIED:
             path = scope["path"]
             root = scope.get("root_path")
             if root and path.startswith(root):

@@ -18,6 +18,7 @@ from kairos.config.models import GatewayConfig
 from kairos.edge import EdgeState
 from kairos.types import ASGIApp
 from kairos.upstream.client import UpstreamClient
+from kairos.websocket.connections import Connections
 
 # What a layer factory returns: given the next app in the chain, the layer around it
 # (usually functools.partial(LayerClass, **settings), as Starlette's Middleware(cls, **kw)).
@@ -27,14 +28,19 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock")
+    __slots__ = ("upstream", "edge", "clock", "websockets")
 
     def __init__(
-        self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
+        self,
+        upstream: UpstreamClient,
+        edge: EdgeState,
+        clock: Callable[[], float] = time.monotonic,
+        websockets: Connections | None = None,
     ) -> None:
         self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
         self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
         self.clock = clock
+        self.websockets = websockets if websockets is not None else Connections()  # open WebSockets, by route
 
 
 class CompiledConfig(Protocol):

@@ -34,6 +34,7 @@ from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
 from kairos.types import ASGIApp, Receive, Scope, Send
+from kairos.websocket.layers import websocket_handshake_layer, websocket_layer
 
 LayerFactory = Callable[[CompiledRoute, LayerDeps], Wrap | None]
 
@@ -47,13 +48,14 @@ LAYERS: tuple[Layer, ...] = (
     Layer("ip_rules", ip_rules_layer),  # 403 before anything else looks at the request
     Layer("cors", cors_layer),  # preflights answered here, even for unauthenticated clients
     Layer("body_limit", body_limit_layer),  # 413 on the declared length; counts a streamed body
+    Layer("websocket_handshake", websocket_handshake_layer),  # websocket routes: Origin 403; JWT from subprotocol/query
     Layer("auth", auth_layer),  # 401; scope["kairos.user"] for the layers below
     Layer("ratelimit", ratelimit_layer),  # 429; after auth, so PerUser sees the verified `sub`
     # Planned, in this order (each helper adds its own line here):
     #   compression  encodes what the layers below produce, fresh or cached
     #   cache        answers from its store; records what the layers below return
     #   transform    request and response rewriting, closest to the upstream
-    #   websocket    takes upgrade requests; plain HTTP passes through
+    Layer("websocket", websocket_layer),  # ends websocket routes' chains: relays upgrades, plain HTTP 426
     #   tracing      a span per request: first in this list if it needs the route, else a
     #                global layer in app.py (it then also sees 404s and the gateway's own errors)
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay

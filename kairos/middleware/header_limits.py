@@ -24,7 +24,7 @@ class HeaderLimits:
         self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):  # an upgrade request is checked like any request
             server = self.source.runtime.config.server
             headers = scope["headers"]
             if server.max_headers and len(headers) > server.max_headers:

@@ -12,24 +12,27 @@ saw. Outcomes (`kairos_websocket_upgrades_total{outcome}`): `accepted`,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kairos.observability.logging import access_log_writer, clock, redact_query
 from kairos.observability.metrics import WEBSOCKET_UPGRADES
-from kairos.types import ASGIApp, Message, Receive, Scope, Send
+from kairos.proxy.exchange import exchange_of
+from kairos.types import ASGIApp, Receive, Scope, Send
 from kairos.websocket.endpoint import SESSION_KEY, UPSTREAM_STATUS_KEY
+
+if TYPE_CHECKING:
+    from kairos.deps import RuntimeSource
 
 UNMATCHED = "unmatched"
 
 
 class WebSocketAccessLog:
-    """Wraps the gateway's endpoint; HTTP scopes pass straight through. `log_on()` says whether
-    the access log is switched on in the current config."""
+    """Wraps the gateway's endpoint next to AccessLog (which logs HTTP); HTTP scopes pass
+    straight through. The status comes from the request's Exchange."""
 
-    def __init__(self, app: ASGIApp, log_on: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, source: RuntimeSource) -> None:
         self.app = app
-        self.log_on = log_on
+        self.source = source
         self.writer = access_log_writer
         self._outcomes: dict[tuple[str, str], Any] = {}
 
@@ -38,26 +41,14 @@ class WebSocketAccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 0
-
-        async def send_watched(message: Message) -> None:
-            nonlocal status
-            if status == 0:
-                kind = message["type"]
-                if kind == "websocket.accept":
-                    status = 101
-                elif kind == "websocket.http.response.start":
-                    status = message["status"]
-                elif kind == "websocket.close":
-                    status = 403  # a close before accept is a refused handshake
-            await send(message)
-
+        log_on = self.source.runtime.config.logging.access_log
+        exchange, send = exchange_of(scope, send)
         try:
-            await self.app(scope, receive, send_watched)
+            await self.app(scope, receive, send)
         finally:
-            self.record(scope, status or 500, time.perf_counter() - start)
+            self.record(scope, exchange.status or 500, time.perf_counter() - start, log_on)
 
-    def record(self, scope: Scope, status: int, duration: float) -> None:
+    def record(self, scope: Scope, status: int, duration: float, log_on: bool) -> None:
         route = scope.get("kairos.route")
         route_name = route.name if route is not None else UNMATCHED
         error = scope.get("kairos.error")
@@ -72,7 +63,7 @@ class WebSocketAccessLog:
         if child is None:
             child = self._outcomes[key] = WEBSOCKET_UPGRADES.labels(route_name, outcome)
         child.inc()
-        if not self.log_on():
+        if not log_on:
             return
         qs = scope.get("query_string")
         record: dict[str, Any] = {

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.protocol import State
 
 from kairos.errors import GatewayError
-from kairos.observability.metrics import WEBSOCKET_BYTES, WEBSOCKET_MESSAGES, count_upstream_error
-from kairos.proxy import upstream_failure, upstream_headers
+from kairos.observability.metrics import WEBSOCKET_BYTES, WEBSOCKET_MESSAGES
+from kairos.proxy.exchange import upstream_headers
+from kairos.proxy.forward import Forwarder, upstream_failure
 from kairos.types import Receive, Scope, Send
-from kairos.upstream.breaker import OPEN, retry_after_header
 from kairos.upstream.errors import UpstreamError
 from kairos.websocket.connections import Connections
 from kairos.websocket.handshake import UpstreamRefused, handshake_headers, open_upstream, relay_refusal, upstream_uri
 from kairos.websocket.relay import Relay, Session
 from kairos.websocket.settings import WebSocketConfig
+
+if TYPE_CHECKING:
+    from kairos.route import CompiledRoute
 
 SESSION_KEY = "kairos.websocket"  # scope key: the connection's Session, for the access log
 UPSTREAM_STATUS_KEY = "kairos.upstream_status"  # scope key: an upstream's refusal status
@@ -34,19 +37,19 @@ UPGRADE = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 
 
 class WebSocketForwarder:
-    """`route` is the compiled route (name, template, cluster, preserve_host, strip_headers,
-    retry, connect_timeout_s); `connections` the process-wide registry."""
+    """`route` is the CompiledRoute, `connections` the process-wide registry, `http` the
+    route's HTTP Forwarder, whose outcome bookkeeping (breaker, outlier detection, upstream
+    error counts, the circuit_open / no_healthy_backend answer) the handshake shares."""
 
-    def __init__(self, route: Any, settings: WebSocketConfig, connections: Connections) -> None:
+    def __init__(self, route: CompiledRoute, settings: WebSocketConfig, connections: Connections, http: Forwarder) -> None:
         self.route = route
         self.name = route.name
         self.settings = settings
         self.connections = connections
-        cluster = route.cluster
-        self.balancer = cluster.balancer
-        self.backends = cluster.backends
-        self.breakers = cluster.breakers
-        self.outlier = cluster.outlier
+        self.http = http
+        self.balancer = http.balancer
+        self.backends = http.backends
+        self.breakers = http.breakers
         self.retry = route.retry
         connect_ms = settings.connect_timeout_ms
         self.connect_timeout_s = connect_ms / 1000 if connect_ms else route.connect_timeout_s
@@ -113,10 +116,9 @@ class WebSocketForwarder:
     async def connect(self, scope: Scope) -> Any:
         """(upstream connection, backend), or an UpstreamRefused to relay; raises GatewayError."""
         route = self.route
+        http = self.http
         policy = self.retry
-        path = route.template.render(scope["kairos.params"])
-        qs = scope.get("query_string")
-        target = path + "?" + qs.decode("latin-1") if qs else path
+        target = http.target(scope)
         subprotocols = scope.get("subprotocols") or None
         attempt = 0
         exclude = -1
@@ -127,7 +129,7 @@ class WebSocketForwarder:
             while True:
                 i = self.balancer.pick_index(scope, exclude)
                 if i < 0:
-                    raise self.unavailable()
+                    raise http.unavailable()
                 backend = self.backends[i]
                 breaker = self.breakers[i]
                 scope["kairos.backend"] = backend.address
@@ -145,11 +147,11 @@ class WebSocketForwarder:
                     )
                 except UpstreamRefused as refused:
                     backend.in_flight -= 1
-                    self.answered(backend, breaker, gen, refused.status)
+                    http.answered(backend, breaker, gen, refused.status)
                     return refused
                 except UpstreamError as exc:
                     backend.in_flight -= 1
-                    self.failed(backend, breaker, gen, exc)
+                    http.failed(backend, breaker, gen, exc)
                     if holding_retry:
                         policy.budget.release()
                         holding_retry = False
@@ -167,38 +169,10 @@ class WebSocketForwarder:
                     backend.in_flight -= 1
                     breaker.release(gen)
                     raise
-                self.answered(backend, breaker, gen, 101)
+                http.answered(backend, breaker, gen, 101)
                 return upstream, backend
         finally:
             if policy is not None:
                 policy.budget.requests -= 1
                 if holding_retry:
                     policy.budget.release()
-
-    def failed(self, backend: Any, breaker: Any, gen: int, exc: UpstreamError) -> None:
-        count_upstream_error(backend.address, exc.kind)
-        breaker.failure(gen)
-        if self.outlier is not None:
-            self.outlier.failure(backend)
-
-    def answered(self, backend: Any, breaker: Any, gen: int, status: int) -> None:
-        breaker.record_status(gen, status)
-        if status >= 500:
-            count_upstream_error(backend.address, "status")
-            if self.outlier is not None:
-                self.outlier.failure(backend)
-        elif self.outlier is not None:
-            self.outlier.success(backend)
-
-    def unavailable(self) -> GatewayError:
-        waits = [
-            breaker.retry_after_s() if breaker.state == OPEN else 1.0
-            for backend, breaker in zip(self.backends, self.breakers)
-            if backend.available or self.route.panic_mode
-        ]
-        if waits:
-            return GatewayError(
-                "circuit_open", f"circuit breaker open for every backend of route {self.name}",
-                [retry_after_header(min(waits))],
-            )
-        return GatewayError("no_healthy_backend", f"no healthy backend for route {self.name}")
