@@ -29,7 +29,6 @@ from kairos.middleware.security_headers import SecurityHeaders
 from kairos.proxy.endpoint import GatewayEndpoint, LastResort
 from kairos.proxy.exchange import PROXIED, OpenExchange
 from kairos.types import ASGIApp, Receive, Scope, Send
-from kairos.websocket.access_log import WebSocketAccessLog
 
 __all__ = ["Gateway", "GatewayApp", "create_app", "install_signal_handlers"]
 
@@ -65,7 +64,7 @@ def create_app(config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str
         lifespan=lambda app: gateway.lifespan(),
     )
     app.router.redirect_slashes = False
-    endpoint = AccessLog(WebSocketAccessLog(HeaderLimits(GatewayEndpoint(gateway), gateway), gateway), gateway)
+    endpoint = AccessLog(HeaderLimits(GatewayEndpoint(gateway), gateway), gateway)
     app.router.default = endpoint
     # Proxied traffic: the same layers, without Starlette's routing and exception wrappers.
     # OpenExchange's send is the one wrapper a proxied response crosses (header work is hooks).
