@@ -82,9 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = dict(
         host=config.server.host,
         port=config.server.port,
-        # A proxy must not add its own Server/Date next to the upstream's.
+        # One Server and one Date, the gateway's: the upstream's are not relayed (as nginx).
         server_header=False,
-        date_header=False,
+        date_header=True,
+        headers=[("server", "kairos")],
         # trusted_proxies is the one source of client addresses: uvicorn must not
         # rewrite the peer from X-Forwarded-For on its own.
         proxy_headers=False,

@@ -18,6 +18,7 @@ STATUS = {
     "bad_request": 400,
     "payload_too_large": 413,
     "header_too_large": 431,
+    "uri_too_long": 414,
     "authentication_error": 401,
     "rate_limit_exceeded": 429,
     "upstream": 502,
@@ -66,7 +67,9 @@ async def send_error(
 
     On a WebSocket upgrade the error is the handshake's HTTP response (the ASGI
     `websocket.http.response` extension); a server without it can only refuse with 403.
-    """
+    The kind goes into scope["kairos.error"]: the access log writes it and counts it in
+    kairos_gateway_errors_total."""
+    scope["kairos.error"] = kind
     body = error_body(kind, message, scope.get("kairos.request_id", ""))
     raw = [
         (b"content-type", b"application/json"),

@@ -118,6 +118,7 @@ def test_writes_need_if_match_validate_compile_swap_write_atomically_and_roll_ba
         r = admin.put("/admin/config", json=doc, headers={"if-match": etag})
         assert r.status_code == 200, r.text
         assert r.json()["summary"]["routes_changed"] == ["users"]
+        assert admin.get("/admin/status").json()["last_reload"]["trigger"] == "admin"
         assert proxy.get("/api/1").headers["x-upstream"] == b.name  # live at once, no reload wait
         st = gw.config_path.stat()
         assert st.st_ino != inode and stat.S_IMODE(st.st_mode) == 0o640  # renamed over, mode kept
@@ -224,10 +225,19 @@ def test_one_admin_port_for_several_workers(gateway, make_upstream):
             assert time.monotonic() < deadline, gw.output()
             time.sleep(0.1)
         assert {proxy.get(f"/api/{i}").headers["x-upstream"] for i in range(20)} == {b.name}
-        assert admin.post(f"/admin/clusters/127.0.0.1:{b.port}/drain").status_code == 501
+        etag = r.headers["etag"]
+        # Drain reaches every worker (the drained-backends file, then SIGHUP).
+        reloads = sum(1 for rec in gw.log_records() if rec.get("event") == "config_reloaded")
+        r = admin.post(f"/admin/clusters/127.0.0.1:{b.port}/drain")
+        assert r.status_code == 200 and r.json()["drained"] is True
+        while sum(1 for rec in gw.log_records() if rec.get("event") == "config_reloaded") < reloads + 2:
+            assert time.monotonic() < deadline + 10, gw.output()
+            time.sleep(0.1)
+        assert {proxy.get(f"/api/{i}").status_code for i in range(10)} == {503}  # its only backend is drained
+        admin.post(f"/admin/clusters/127.0.0.1:{b.port}/undrain")
         broken = json.loads(json.dumps(doc))
         broken["routers"][0]["methods"] = ["FETCH"]
-        r = admin.put("/admin/config", json=broken, headers={"if-match": r.headers["etag"]})
+        r = admin.put("/admin/config", json=broken, headers={"if-match": etag})
         assert r.status_code == 422 and r.json()["problems"][0].startswith("routers[0].methods")
 
 

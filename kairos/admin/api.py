@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from kairos import __version__
 from kairos.admin import schemas
-from kairos.admin.control import NotSupported, reload_counts
+from kairos.admin.control import reload_counts
 from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
@@ -205,6 +205,7 @@ def build_operations(state: AdminState) -> list[Operation]:
             "config_source": state.config_path,
             "config_digest": store.etag().strip('"') if store else "",
             "reloads": reload_counts(),
+            "last_reload": control.last_reload,
             "last_change": state.last_change,
         })
 
@@ -325,10 +326,7 @@ def build_operations(state: AdminState) -> list[Operation]:
 
     async def drain_op(request: Request, who: Identity, on: bool) -> Response:
         address = find_backend(request.path_params["backend"])
-        try:
-            control.drain(address, on)
-        except NotSupported as exc:
-            raise Problem(501, str(exc)) from None
+        control.drain(address, on)
         log_event("audit", actor=who.name, role=who.role, action="drain" if on else "undrain", backend=address)
         row = next(r for r in control.clusters() if r["address"] == address)
         return json_response(row)
@@ -403,9 +401,9 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("GET", "/admin/clusters", get_clusters, "every backend: health, breaker, ejection, in-flight, weights",
                   S.BackendState, response_list=True),
         Operation("POST", "/admin/clusters/{backend:path}/drain", drain, "no new requests; in-flight ones finish",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("POST", "/admin/clusters/{backend:path}/undrain", undrain, "back in rotation",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("GET", "/admin/stats", get_stats, "per route: requests/s, error rate, p50/p95/p99 over 1 and 5 min",
                   S.Stats),
         Operation("GET", "/admin/stats/stream", stats_stream, "the same as server-sent events, every second",

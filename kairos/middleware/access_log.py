@@ -73,6 +73,9 @@ class AccessLog:
                 method = "other"
             status = exchange.status or 500  # nothing was sent: the error middleware answers 500
             metrics.observe_request(route_name, method, status, duration)
+            error = scope.get("kairos.error")
+            if error is not None:
+                metrics.count_gateway_error(route_name, error)
             if log_on:
                 self.write(scope, method, route_name, status, duration,
                            {"bytes_in": bytes_in, "bytes_out": exchange.bytes_out})
@@ -89,6 +92,9 @@ class AccessLog:
             route_name = route.name if route is not None else UNMATCHED
             status = exchange.status or 500
             count_upgrade(scope, route_name, status)
+            error = scope.get("kairos.error")
+            if error is not None:
+                metrics.count_gateway_error(route_name, error)
             if log_on:
                 self.write(scope, "GET", route_name, status, time.perf_counter() - start,
                            connection_fields(scope, status))

@@ -36,6 +36,9 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
+GATEWAY_ERRORS = Counter(
+    "kairos_gateway_errors_total", "Answers the gateway gave itself (its JSON errors), by error kind", ["route", "kind"]
+)
 WEBSOCKET_OPEN = Gauge(
     "kairos_websocket_connections", "Open proxied WebSocket connections", ["route"], multiprocess_mode="livesum"
 )
@@ -66,6 +69,16 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
         children = _requests[key] = (REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route, method))
     children[0].inc()
     children[1].observe(seconds)
+
+
+_gateway_errors: dict[tuple[str, str], Any] = {}
+
+
+def count_gateway_error(route: str, kind: str) -> None:
+    child = _gateway_errors.get((route, kind))
+    if child is None:
+        child = _gateway_errors[(route, kind)] = GATEWAY_ERRORS.labels(route, kind)
+    child.inc()
 
 
 class ActiveRequests:

@@ -20,6 +20,7 @@ Also here: hop-by-hop filtering in both directions and the has-body rule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.upstream.backend import Backend
@@ -157,6 +158,7 @@ def upstream_headers(
     not forge).
     """
     out: list[tuple[bytes, bytes]] = []
+    owned = _owned(strip)
     client_host = b""
     forwarded_for = b""
     listed: set[str] | None = None
@@ -173,9 +175,15 @@ def upstream_headers(
             continue
         if name in _SET_BY_GATEWAY or name in strip:
             continue
+        if b"_" in name and name.replace(b"_", b"-") in owned:
+            continue  # X_User_Id: CGI/WSGI upstreams read it as HTTP_X_USER_ID, the gateway's header
         out.append((name, value))
     if listed:
         out = [(n, v) for n, v in out if n.decode("latin-1") not in listed]
+    # Set by the gateway after hop-by-hop processing: a client's Connection header cannot name them away.
+    gateway_headers = scope.get("kairos.gateway_headers")
+    if gateway_headers:
+        out.extend(gateway_headers)
     peer = scope.get("client")
     if peer:
         peer_ip = peer[0].encode("latin-1")
@@ -196,15 +204,34 @@ def upstream_headers(
 _SET_BY_GATEWAY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones; repeated headers stay separate."""
+@lru_cache(maxsize=256)
+def _owned(strip: frozenset[bytes]) -> frozenset[bytes]:
+    """Header names only the gateway sets upstream: a client's look-alike of one is dropped."""
+    return strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}
+
+
+# The server in front of the client writes its own (uvicorn: `server`, `date`); as nginx
+# does (proxy_hide_header's defaults), the upstream's are not passed on, so the client
+# gets exactly one of each.
+_REPLACED_BY_SERVER = frozenset({b"server", b"date"})
+
+
+def response_headers(raw: list[tuple[bytes, bytes]], status: int = 200) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate.
+
+    A 204 or 304 has no body whatever its Content-Length says (RFC 9110 8.6): the header is
+    dropped, since uvicorn would wait for that many body bytes and then drop the connection.
+    """
     out = []
     listed: set[str] | None = None
+    bodiless = status in (204, 304)
     for name, value in raw:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 listed = _connection_listed(value)
+            continue
+        if lname in _REPLACED_BY_SERVER or (bodiless and lname == b"content-length"):
             continue
         out.append((lname, value))
     if listed:

@@ -89,14 +89,18 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
     sent = 0
     watcher: asyncio.Task[None] | None = None
     try:
+        status = response.status
+        if not 100 <= status <= 599:  # uvicorn has no status line for it: the client would get nothing
+            response.abort()
+            raise GatewayError("upstream", "the upstream answered with an invalid status")
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status,
-                "headers": response_headers(response.raw_headers),
+                "status": status,
+                "headers": response_headers(response.raw_headers, status),
             }
         )
-        if scope["method"] == "HEAD":
+        if scope["method"] == "HEAD" or status in (204, 304):
             await send({"type": "http.response.body", "body": b""})
             return
         if receive is not None and _streams(response.raw_headers):
