@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kairos.cache.stores import CacheStores
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig
 from kairos.edge import EdgeState
@@ -28,7 +29,7 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock", "websockets")
+    __slots__ = ("upstream", "edge", "clock", "caches", "websockets")
 
     def __init__(
         self,
@@ -40,6 +41,8 @@ class LayerDeps:
         self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
         self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
         self.clock = clock
+        # Response cache stores (kept across reloads); Redis ones use the edge's shared pools.
+        self.caches = CacheStores(lambda url: edge.redis_backend(url).client)
         self.websockets = websockets if websockets is not None else Connections()  # open WebSockets, by route
 
 

@@ -40,6 +40,7 @@ class Gateway:
         self.config_path = config_path
         self.config_digest: bytes | None = None  # of the file the running config was read from
         self.upstream = UpstreamClient()
+        self.upstream.apply(config)
         self.started_at = time.monotonic()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the lifespan (signal handlers use it)
@@ -70,6 +71,9 @@ class Gateway:
         # Open WebSockets of routes that still exist are not touched; the others close later.
         self.deps.websockets.set_routes(_websocket_routes(runtime), config.server.shutdown_timeout_s)
         forget_backends(set(previous.backends) - set(runtime.backends))
+        self.upstream.apply(config)
+        # Idle connections to backends the new config dropped are closed now, not at their timeout.
+        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in runtime.backends.values()})
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)

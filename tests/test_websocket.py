@@ -227,9 +227,11 @@ async def test_idle_timeout_and_max_connections(gateway, ws_upstream):
 
 
 async def test_compression_towards_the_client_is_per_route(gateway, ws_upstream):
+    # HTTP response compression and caching switched on for every route: websocket routes skip those layers.
     gw = gateway(config(
         ws_route(ws_upstream, "/zipped", "/echo", websocket={"compression": True}),
         ws_route(ws_upstream, "/plain", "/echo"),
+        compression={"enabled": True}, cache={"enabled": True},
     ))
     async with open_ws(gw, "/zipped") as ws:  # the websockets client offers permessage-deflate by default
         assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")

@@ -114,6 +114,10 @@ class LiveControl:
                 row["routes"].append({"id": rid, "weight": weight})
         return list(rows.values())
 
+    async def purge_cache(self, route: str | None, prefix: str | None) -> dict[str, Any]:
+        removed = await self.gateway.deps.caches.purge(route, prefix)
+        return {"removed": removed, "stores": "every store of this process"}
+
     def drain(self, address: str, drained: bool) -> bool:
         runtime = self.gateway.runtime
         if address not in runtime.backends:
@@ -230,6 +234,23 @@ class SupervisorControl:
     @property
     def last_reload(self) -> dict[str, Any] | None:
         return None  # per worker; the counts in /admin/status cover them all
+
+    async def purge_cache(self, route: str | None, prefix: str | None) -> dict[str, Any]:
+        """The Redis-backed caches only: a memory cache lives inside each worker, out of the supervisor's reach."""
+        from kairos.cache.purge import redis_caches
+        from kairos.cache.storage import RedisStore
+        from kairos.edge import redis_url_for
+
+        import redis.asyncio as aioredis
+
+        removed = 0
+        for (url, key_prefix), _ in redis_caches(self.config, redis_url_for, route).items():
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+            try:
+                removed += await RedisStore(client, key_prefix).purge(route, prefix)
+            finally:
+                await client.aclose()
+        return {"removed": removed, "stores": "redis only (memory caches are per worker: not purged)"}
 
     def drain(self, address: str, drained: bool) -> bool:
         """Written to the drained-backends file; every worker applies it on the SIGHUP that follows."""

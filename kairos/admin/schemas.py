@@ -142,6 +142,11 @@ class Stats(Out):
     routes: list[RouteStats]
 
 
+class PurgeResult(Out):
+    removed: int
+    stores: str
+
+
 class MatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str
@@ -190,6 +195,7 @@ ERRORS = {
     404: "no such route, version or backend", 412: "If-Match does not match the config's current ETag",
     422: "the change does not validate (problems listed with their JSON paths)",
     428: "If-Match is required for writes", 429: "too many failed authentications from this client",
+    502: "a cache store (Redis) failed",
 }
 
 
