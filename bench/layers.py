@@ -91,6 +91,30 @@ def edge_layers() -> dict:
     return layers
 
 
+# A route with five header edits and a path rewrite (issue 12); a plain route has no layer at all.
+TRANSFORM = {
+    "headers": [
+        {"action": "add", "name": "X-Forwarded-By", "value": "kairos-gateway"},
+        {"action": "set", "name": "X-Request-Tag", "value": "{request_id}"},
+        {"action": "remove", "name": "Cookie"},
+        {"action": "rename", "name": "Accept", "to": "X-Accept"},
+        {"action": "replace", "name": "User-Agent", "pattern": "bench/(\\d+)", "replacement": "kairos/$1"},
+    ],
+    "path": {"pattern": "^/api/(.+)$", "replacement": "/v2/$1"},
+}
+
+
+def transform_layers() -> dict:
+    from kairos.routing import PathTemplate
+    from kairos.transform.config import RequestTransformation
+    from kairos.transform.layer import Transform, configured
+
+    request = RequestTransformation.model_validate(TRANSFORM)
+    assert configured(request, None) and not configured(None, None)
+    layer = Transform(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), request, None)
+    return {"transform: 5 header edits + path rewrite": (layer, [])}
+
+
 JSON_10K = json.dumps([{"id": i, "name": f"user{i}", "email": f"user{i}@example.com", "active": i % 2 == 0,
                         "score": i * 1.5} for i in range(120)]).encode()[:10240]
 
@@ -160,6 +184,9 @@ STACKS = {
         "ip_allow": ["127.0.0.0/8"],
         "routers": [STACK_ROUTE],
     },
+    "proxied GET, transformation (5 header edits + path rewrite)": {
+        "routers": [dict(STACK_ROUTE, request_transformation=TRANSFORM)],
+    },
 }
 
 
@@ -203,7 +230,7 @@ async def main() -> None:
         await run(layer, 20_000)
         t = min([await run(layer, N) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")
-    for name, (layer, extra) in edge_layers().items():
+    for name, (layer, extra) in {**edge_layers(), **transform_layers()}.items():
         await run(layer, 20_000, extra)
         t = min([await run(layer, N, extra) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")

@@ -41,6 +41,7 @@ from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
+from kairos.transform.layer import transform_layer
 from kairos.types import ASGIApp, Receive, Scope, Send
 from kairos.websocket.layers import websocket_handshake_layer, websocket_layer
 
@@ -62,9 +63,9 @@ LAYERS: tuple[Layer, ...] = (
     Layer("ratelimit", ratelimit_layer, websocket=True),  # 429; after auth, so PerUser sees the verified `sub`
     Layer("compression", compression_layer),  # encodes what the layers below produce, fresh or cached
     Layer("cache", cache_layer),  # answers from its store; records what the layers below return
-    # Planned, in this order (each helper adds its own line here):
-    #   transform    request and response rewriting, closest to the upstream
+    Layer("transform", transform_layer),  # request/response rewriting (docs/transformation.md)
     Layer("websocket", websocket_layer, websocket=True),  # ends websocket routes' chains: relays upgrades, plain HTTP 426
+    # Planned (each helper adds its own line here):
     #   tracing      a span per request: first in this list if it needs the route, else a
     #                global layer in app.py (it then also sees 404s and the gateway's own errors)
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay

@@ -30,6 +30,7 @@ from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
 from kairos.config.origins import check_origins
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
 from kairos.websocket.settings import WebSocketConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -453,6 +454,8 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
     websocket: WebSocketConfig | None = None  # websocket routes only; overrides the top-level block
 
     @field_validator("name")

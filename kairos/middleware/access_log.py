@@ -77,8 +77,12 @@ class AccessLog:
             if error is not None:
                 metrics.count_gateway_error(route_name, error)
             if log_on:
-                self.write(scope, method, route_name, status, duration,
-                           {"bytes_in": bytes_in, "bytes_out": exchange.bytes_out})
+                fields: dict[str, Any] = {"bytes_in": bytes_in, "bytes_out": exchange.bytes_out}
+                if "kairos.upstream_status" in scope:  # a status_code_mapping changed it
+                    fields["upstream_status"] = scope["kairos.upstream_status"]
+                if "kairos.transform_skipped" in scope:  # why a JSON body was not edited
+                    fields["transform_skipped"] = scope["kairos.transform_skipped"]
+                self.write(scope, method, route_name, status, duration, fields)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An upgrade: logged and counted when the connection ends (kairos/websocket/access_log.py)."""

@@ -241,7 +241,11 @@ class Forwarder:
         return i, backend, response
 
     def target(self, scope: Scope) -> str:
-        """The upstream request target: internal_path with the raw params, the query unchanged."""
+        """The upstream request target: internal_path with the raw params, the query unchanged,
+        unless the transform layer rewrote them (scope["kairos.upstream_target"])."""
+        rewritten = scope.get("kairos.upstream_target")
+        if rewritten is not None:
+            return rewritten
         path = self.route.template.render(scope["kairos.params"])
         qs = scope.get("query_string")
         return path + "?" + qs.decode("latin-1") if qs else path

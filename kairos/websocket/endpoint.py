@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from kairos.route import CompiledRoute
 
 SESSION_KEY = "kairos.websocket"  # scope key: the connection's Session, for the access log
-UPSTREAM_STATUS_KEY = "kairos.upstream_status"  # scope key: an upstream's refusal status
+UPSTREAM_STATUS_KEY = "kairos.websocket_refused"  # scope key: the status of an upstream that refused the upgrade
 UPGRADE = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 
 
