@@ -41,6 +41,7 @@ from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
+from kairos.tracing.layer import tracing_layer
 from kairos.transform.layer import transform_layer
 from kairos.types import ASGIApp, Receive, Scope, Send
 from kairos.websocket.layers import websocket_handshake_layer, websocket_layer
@@ -55,6 +56,7 @@ class Layer(NamedTuple):
 
 
 LAYERS: tuple[Layer, ...] = (
+    Layer("tracing", tracing_layer),  # the server span; sees every refusal below as an event
     Layer("ip_rules", ip_rules_layer, websocket=True),  # 403 before anything else looks at the request
     Layer("cors", cors_layer, websocket=True),  # preflights answered here, even for unauthenticated clients
     Layer("body_limit", body_limit_layer, websocket=True),  # 413 on the declared length; counts a streamed body
@@ -65,9 +67,6 @@ LAYERS: tuple[Layer, ...] = (
     Layer("cache", cache_layer),  # answers from its store; records what the layers below return
     Layer("transform", transform_layer),  # request/response rewriting (docs/transformation.md)
     Layer("websocket", websocket_layer, websocket=True),  # ends websocket routes' chains: relays upgrades, plain HTTP 426
-    # Planned (each helper adds its own line here):
-    #   tracing      a span per request: first in this list if it needs the route, else a
-    #                global layer in app.py (it then also sees 404s and the gateway's own errors)
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay
 )
 

@@ -126,6 +126,9 @@ class AccessLog:
             **fields,
             "user_agent": user_agent.decode("latin-1"),
         }
+        trace_id = scope.get("kairos.trace_id")
+        if trace_id is not None:
+            record["trace_id"] = trace_id
         error = scope.get("kairos.error")
         if error is not None:
             record["error"] = error

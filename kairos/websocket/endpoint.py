@@ -47,9 +47,6 @@ class WebSocketForwarder:
         self.settings = settings
         self.connections = connections
         self.http = http
-        self.balancer = http.balancer
-        self.backends = http.backends
-        self.breakers = http.breakers
         self.retry = route.retry
         connect_ms = settings.connect_timeout_ms
         self.connect_timeout_s = connect_ms / 1000 if connect_ms else route.connect_timeout_s
@@ -127,11 +124,13 @@ class WebSocketForwarder:
             policy.budget.requests += 1
         try:
             while True:
-                i = self.balancer.pick_index(scope, exclude)
+                # Read per attempt: DNS discovery replaces the balancer (with its members) as a whole.
+                balancer = http.cluster.balancer
+                i = balancer.pick_index(scope, exclude)
                 if i < 0:
                     raise http.unavailable()
-                backend = self.backends[i]
-                breaker = self.breakers[i]
+                backend = balancer.backends[i]
+                breaker = balancer.breakers[i]
                 scope["kairos.backend"] = backend.address
                 headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
                 authority = backend.netloc
