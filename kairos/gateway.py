@@ -77,8 +77,7 @@ class Gateway:
         self.deps.websockets.set_routes(_websocket_routes(runtime), config.server.shutdown_timeout_s)
         forget_backends(set(previous.backends) - set(runtime.backends))
         self.upstream.apply(config)
-        # Idle connections to backends the new config dropped are closed now, not at their timeout.
-        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in runtime.backends.values()})
+        self._close_idle_of_removed()
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)
@@ -86,9 +85,14 @@ class Gateway:
             _close_later(backend.aclose())
         return runtime
 
+    def _close_idle_of_removed(self) -> None:
+        """Idle upstream connections to backends no route uses any more: closed now, not at their timeout."""
+        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in self.runtime.backends.values()})
+
     def _members_changed(self, added: list[str], removed: list[str]) -> None:
         """DNS discovery changed a cluster of the current runtime: probes and gauges follow."""
         forget_backends(self.runtime.members_changed())
+        self._close_idle_of_removed()
         if self.health_running:
             self.health.sync(self.runtime.health_checks, self.upstream.http)
 
