@@ -43,3 +43,8 @@ compose-check:
 
 validate:
 	kairos validate $(CONFIG)
+
+# The admin console's pictures in docs/images/ (docs/admin.md), taken by its browser test.
+.PHONY: admin-screenshots
+admin-screenshots:
+	KAIROS_UPDATE_SCREENSHOTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_admin_console.py
