@@ -36,6 +36,7 @@ test:
 bench: install
 	$(PYTHON) -m pip install -q -e '.[bench]'
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/websocket_echo.py
 	$(PYTHON) bench/plot.py
 
 compose-check:
