@@ -30,7 +30,7 @@ from kairos.admin.control import reload_counts
 from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
-from kairos.admin.stats import StatsSampler
+from kairos.admin.stats import StatsSampler, read_sample, read_workers_sample
 from kairos.admin.store import ConfigStore
 from kairos.admin.tokens import FailureThrottle, Identity, TokenSetupError, TokenTable, bearer_token
 from kairos.config import ConfigError, parse_config
@@ -91,7 +91,7 @@ class AdminState:
         self.throttle = throttle or FailureThrottle()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
-        self.sampler = StatsSampler()
+        self.sampler = StatsSampler(read_workers_sample if control.mode == "workers" else read_sample)
         self.sampler.routes = self.route_keys
 
     def route_keys(self) -> list[tuple[str, str, list[str]]]:
