@@ -49,7 +49,8 @@ def closed_by_peer(s: socket.socket) -> bool:
 
 
 def test_a_stalled_request_head_is_cut_and_a_slow_body_is_not(gateway, upstream):
-    gw = gateway({"server": {"request_header_timeout_ms": 300}, "routers": [route(upstream)]})
+    gw = gateway({"server": {"request_header_timeout_ms": 300},
+                  "routers": [route(upstream), route(upstream, "/up/{rest:path}", internal_path="/{rest}")]})
 
     # part of a head, then nothing: cut after the head timeout (before: held forever)
     s = connect(gw)
@@ -71,6 +72,13 @@ def test_a_stalled_request_head_is_cut_and_a_slow_body_is_not(gateway, upstream)
 
     # the next request on the same keep-alive connection has its own head deadline
     s.sendall(b"GET /api HTTP/1.1\r\nHo")
+    assert closed_by_peer(s)
+    s.close()
+
+    # a partial head pipelined behind a slow request: the slow response is not lost
+    s = connect(gw)
+    s.sendall(b"GET /up/slow?ms=800 HTTP/1.1\r\nHost: a\r\n\r\nGET /api HTTP/1.1\r\nHo")
+    assert read_response(s).startswith(b"HTTP/1.1 200 ")
     assert closed_by_peer(s)
     s.close()
 
