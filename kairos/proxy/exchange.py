@@ -151,7 +151,7 @@ def upstream_headers(
     not forge).
     """
     out: list[tuple[bytes, bytes]] = []
-    owned = _owned(strip)
+    dropped = _dropped(strip)
     client_host = b""
     forwarded_for = b""
     listed: set[str] | None = None
@@ -166,10 +166,8 @@ def upstream_headers(
         if name == b"x-forwarded-for":
             forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
             continue
-        if name in _SET_BY_GATEWAY or name in strip:
+        if name in dropped:
             continue
-        if b"_" in name and name.replace(b"_", b"-") in owned:
-            continue  # X_User_Id: CGI/WSGI upstreams read it as HTTP_X_USER_ID, the gateway's header
         out.append((name, value))
     if listed:
         out = [(n, v) for n, v in out if n.decode("latin-1") not in listed]
@@ -197,10 +195,29 @@ def upstream_headers(
 _SET_BY_GATEWAY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
 
 
+
+
+def _spellings(name: bytes) -> set[bytes]:
+    """Every spelling of `name` with any of its '-' written as '_' (x-user-id, x_user-id, ...)."""
+    out = {b""}
+    for part in name.split(b"-"):
+        out = {prefix + sep + part for prefix in out for sep in ((b"-", b"_") if prefix else (b"",))}
+    return out
+
+
 @lru_cache(maxsize=256)
-def _owned(strip: frozenset[bytes]) -> frozenset[bytes]:
-    """Header names only the gateway sets upstream: a client's look-alike of one is dropped."""
-    return strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}
+def _dropped(strip: frozenset[bytes]) -> frozenset[bytes]:
+    """Client request headers never forwarded: the gateway sets these itself (`strip`, X-Forwarded-*,
+    X-Request-ID), and a look-alike with '_' for '-' of any header it owns (CGI/WSGI upstreams read
+    X_User_Id as HTTP_X_USER_ID, the same variable as X-User-Id). Names arrive lowercased."""
+    dropped = set(strip | _SET_BY_GATEWAY)
+    for name in strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}:
+        if name.count(b"-") <= 8:  # 2**8 spellings at most; a longer name keeps the all-'_' one
+            dropped |= _spellings(name) - {name}
+        else:
+            dropped.add(name.replace(b"-", b"_"))
+    dropped.discard(b"x-forwarded-for")  # appended to, not replaced (above)
+    return frozenset(dropped)
 
 
 # The server in front of the client writes its own (uvicorn: `server`, `date`); as nginx
