@@ -310,6 +310,9 @@ def section_features(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, 
         targets["jwt_fresh_tokens"] = (port, fresh)
         _, port = stack.enter_context(kairos(tmp, gateway_config(up, rate_limit=limit), name="rl-memory"))
         targets["ratelimit_memory"] = (port, None)
+        # Every request after the first is a fresh hit: no upstream exchange at all (docs/caching.md).
+        _, port = stack.enter_context(kairos(tmp, gateway_config(up, cache={"enabled": True, "ttl_secs": 3600}), name="cache"))
+        targets["cache_hit_memory"] = (port, None)
         if shutil.which("redis-server"):
             url = stack.enter_context(redis_server(tmp))
             shared = dict(limit, enable_redis=True, redis_url=url)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kairos.cache.stores import CacheStores
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig
 from kairos.edge import EdgeState
@@ -27,7 +28,7 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock")
+    __slots__ = ("upstream", "edge", "clock", "caches")
 
     def __init__(
         self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
@@ -35,6 +36,8 @@ class LayerDeps:
         self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
         self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
         self.clock = clock
+        # Response cache stores (kept across reloads); Redis ones use the edge's shared pools.
+        self.caches = CacheStores(lambda url: edge.redis_backend(url).client)
 
 
 class CompiledConfig(Protocol):

@@ -25,6 +25,7 @@ STATUS = {
     "timeout": 504,
     "circuit_open": 503,
     "no_healthy_backend": 503,
+    "upstream_overloaded": 503,
     "forbidden": 403,
     "rate_limit_unavailable": 503,
     "internal": 500,

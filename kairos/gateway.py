@@ -28,6 +28,7 @@ from kairos.observability import metrics
 from kairos.observability.logging import access_log_writer, log_event, redact, set_level
 from kairos.runtime import Runtime, compile_runtime
 from kairos.upstream.client import UpstreamClient
+from kairos.upstream.drain import apply_drained, read_drained
 from kairos.upstream.cluster import forget_backends
 from kairos.upstream.health import HealthSupervisor
 
@@ -39,6 +40,7 @@ class Gateway:
         self.config_path = config_path
         self.config_digest: bytes | None = None  # of the file the running config was read from
         self.upstream = UpstreamClient()
+        self.upstream.apply(config)
         self.started_at = time.monotonic()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the lifespan (signal handlers use it)
@@ -48,6 +50,8 @@ class Gateway:
         self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
         self.deps = LayerDeps(self.upstream, self.edge)
         self.runtime: Runtime = compile_runtime(config, self.deps)
+        apply_drained(self.runtime.backends, read_drained(config_path))
+        self.last_reload: dict[str, Any] | None = None  # time, trigger, result (+ problems)
         self.edge.prune()
 
     @property
@@ -64,6 +68,9 @@ class Gateway:
             raise
         self.runtime = runtime
         forget_backends(set(previous.backends) - set(runtime.backends))
+        self.upstream.apply(config)
+        # Idle connections to backends the new config dropped are closed now, not at their timeout.
+        self.upstream.retain({(b.scheme, b.connect_host, b.port) for b in runtime.backends.values()})
         if self.health_running:
             # Unchanged probes keep running; changed ones restart; removed ones stop.
             self.health.sync(runtime.health_checks, self.upstream.http)
@@ -84,21 +91,33 @@ class Gateway:
         digest = file_digest(path)
         if trigger == "file" and digest is not None and digest == self.config_digest:
             return False  # an event without a change (touch, a second event for the same write)
-        old = self.runtime.config
         try:
             config = load_config(path)
-            self.swap(config)
         except ConfigError as exc:
-            metrics.count_reload("error")
-            log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
-                      problems=[redact(p) for p in exc.problems], kept="previous config")
+            self._failed(trigger, [redact(p) for p in exc.problems])
             return False
-        except Exception as exc:  # a compile step failing must not take the gateway down
-            metrics.count_reload("error")
-            log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=path,
-                      problems=[redact(f"{exc.__class__.__name__}: {exc}")], kept="previous config")
+        try:
+            self.apply(config, trigger)
+        except Exception:
             return False
         self.config_digest = digest
+        return True
+
+    def apply(self, config: GatewayConfig, trigger: str) -> Runtime:
+        """Compile and swap a validated config, then count and log the result: the one path behind a
+        file change, SIGHUP and the admin API. Raises (the running config stays) if it does not compile."""
+        old = self.runtime.config
+        try:
+            runtime = self.swap(config)
+        except ConfigError as exc:
+            self._failed(trigger, [redact(p) for p in exc.problems])
+            raise
+        except Exception as exc:  # a compile step failing must not take the gateway down
+            self._failed(trigger, [redact(f"{exc.__class__.__name__}: {exc}")])
+            raise
+        # Drained backends (admin API) are kept in a file: new Backend objects, and every
+        # worker on the SIGHUP that follows a drain, pick the state up here.
+        apply_drained(runtime.backends, read_drained(self.config_path))
         metrics.count_reload("success")
         if config.logging.level != old.logging.level:
             set_level(config.logging.level)
@@ -106,8 +125,15 @@ class Gateway:
         if config.server != old.server:
             changed = [k for k in type(config.server).model_fields if getattr(config.server, k) != getattr(old.server, k)]
             fields["restart_required_for"] = [f"server.{k}" for k in changed if k in ("host", "port")]
-        log_event("config_reloaded", trigger=trigger, source=path, routes=len(self.runtime.routes), **fields)
-        return True
+        self.last_reload = {"time": time.time(), "trigger": trigger, "result": "success"}
+        log_event("config_reloaded", trigger=trigger, source=self.config_path, routes=len(runtime.routes), **fields)
+        return runtime
+
+    def _failed(self, trigger: str, problems: list[str]) -> None:
+        metrics.count_reload("error")
+        self.last_reload = {"time": time.time(), "trigger": trigger, "result": "error", "problems": problems}
+        log_event("config_reload_failed", logging.ERROR, trigger=trigger, source=self.config_path,
+                  problems=problems, kept="previous config")
 
     async def start(self) -> None:
         await self.upstream.start()

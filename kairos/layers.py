@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from kairos.cache import cache_layer
 from kairos.deps import LayerDeps, Wrap
 from kairos.middleware.auth import auth_layer
 from kairos.middleware.body_limit import body_limit_layer
+from kairos.middleware.compression import compression_layer
 from kairos.middleware.cors import cors_layer
 from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
@@ -49,9 +51,9 @@ LAYERS: tuple[Layer, ...] = (
     Layer("body_limit", body_limit_layer),  # 413 on the declared length; counts a streamed body
     Layer("auth", auth_layer),  # 401; scope["kairos.user"] for the layers below
     Layer("ratelimit", ratelimit_layer),  # 429; after auth, so PerUser sees the verified `sub`
+    Layer("compression", compression_layer),  # encodes what the layers below produce, fresh or cached
+    Layer("cache", cache_layer),  # answers from its store; records what the layers below return
     # Planned, in this order (each helper adds its own line here):
-    #   compression  encodes what the layers below produce, fresh or cached
-    #   cache        answers from its store; records what the layers below return
     #   transform    request and response rewriting, closest to the upstream
     #   websocket    takes upgrade requests; plain HTTP passes through
     #   tracing      a span per request: first in this list if it needs the route, else a

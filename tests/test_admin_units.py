@@ -50,6 +50,12 @@ def test_redaction_and_restore_round_trip():
     for secret in (JWT_SECRET, REDIS_PASSWORD, sha(VIEWER_TOKEN)):
         assert secret not in shown
     assert restore_secrets(json.loads(shown), doc) == doc
+    edits = {"headers": [{"action": "set", "name": "X-Plain", "value": "visible"},
+                         {"action": "set", "name": "Authorization", "value": "Bearer hidden-credential"}]}
+    shown = redacted(edits)
+    assert shown["headers"][0]["value"] == "visible" and shown["headers"][1]["value"] == "***"
+    shown["headers"].reverse()  # reordered in an editor: each secret stays with its header
+    assert restore_secrets(shown, edits)["headers"][0]["value"] == "Bearer hidden-credential"
     assert route_id({"methods": ["post", "GET"], "external_path": "/a"}) == route_id({"methods": ["GET", "POST"], "external_path": "/a"})
     assert re.fullmatch(r"r-[0-9a-f]{10}", route_id({"methods": ["GET"], "external_path": "/a"}))
 

@@ -26,13 +26,13 @@ from starlette.staticfiles import StaticFiles
 
 from kairos import __version__
 from kairos.admin import schemas
-from kairos.admin.control import NotSupported, reload_counts
+from kairos.admin.control import reload_counts
 from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
 from kairos.admin.stats import StatsSampler
 from kairos.admin.store import ConfigStore
-from kairos.admin.tokens import FailureThrottle, Identity, TokenTable, bearer_token
+from kairos.admin.tokens import FailureThrottle, Identity, TokenSetupError, TokenTable, bearer_token
 from kairos.config import ConfigError, parse_config
 from kairos.errors import rfc3339_now
 from kairos.middleware.request_id import RequestID
@@ -47,7 +47,7 @@ CSP = (
 STATUS_KIND = {
     400: "bad_request", 401: "authentication_error", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     412: "precondition_failed", 422: "invalid_config", 428: "precondition_required", 429: "rate_limit_exceeded",
-    500: "internal", 501: "not_supported",
+    500: "internal", 501: "not_supported", 502: "upstream",
 }
 
 
@@ -87,6 +87,7 @@ class AdminState:
         history = control.config.admin.history_size
         self.store = ConfigStore(config_path, history) if config_path else None
         self.tokens = tokens
+        self.tokens_from = control.config.admin
         self.throttle = throttle or FailureThrottle()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
@@ -99,6 +100,18 @@ class AdminState:
             methods = list(rc.methods) + (["HEAD"] if "GET" in rc.methods and "HEAD" not in rc.methods else [])
             out.append((route_id(rc.model_dump(exclude_none=True)), rc.external_path, methods))
         return out
+
+    def current_tokens(self) -> TokenTable:
+        """The tokens of the running config: a reload that rotates a token (in the file, or its
+        environment variable's value at the next start) takes effect without a restart."""
+        admin = self.control.config.admin
+        if admin != self.tokens_from:
+            try:
+                self.tokens = TokenTable.from_config(admin)
+            except TokenSetupError as exc:
+                log_event("admin_tokens_kept", logging.ERROR, reason=str(exc))
+            self.tokens_from = admin
+        return self.tokens
 
     def need_store(self) -> ConfigStore:
         if self.store is None:
@@ -205,6 +218,7 @@ def build_operations(state: AdminState) -> list[Operation]:
             "config_source": state.config_path,
             "config_digest": store.etag().strip('"') if store else "",
             "reloads": reload_counts(),
+            "last_reload": control.last_reload,
             "last_change": state.last_change,
         })
 
@@ -325,10 +339,7 @@ def build_operations(state: AdminState) -> list[Operation]:
 
     async def drain_op(request: Request, who: Identity, on: bool) -> Response:
         address = find_backend(request.path_params["backend"])
-        try:
-            control.drain(address, on)
-        except NotSupported as exc:
-            raise Problem(501, str(exc)) from None
+        control.drain(address, on)
         log_event("audit", actor=who.name, role=who.role, action="drain" if on else "undrain", backend=address)
         row = next(r for r in control.clusters() if r["address"] == address)
         return json_response(row)
@@ -357,6 +368,27 @@ def build_operations(state: AdminState) -> list[Operation]:
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    async def purge_cache(request: Request, who: Identity) -> Response:
+        route = request.query_params.get("route")
+        prefix = request.query_params.get("prefix")
+        path = None
+        if route is not None:
+            for rid, external, _ in state.route_keys():
+                if route in (rid, external):
+                    path = external
+                    break
+            else:
+                raise Problem(404, f"no route '{route}' (give its id or its external_path)")
+        if prefix is not None and not prefix.startswith("/"):
+            raise Problem(400, "prefix is a request path prefix and starts with '/'")
+        try:
+            result = await control.purge_cache(path, prefix)
+        except Exception as exc:  # a Redis store down: say so, precisely and without its password
+            raise Problem(502, "cache purge failed: " + redact(f"{exc.__class__.__name__}: {exc}")) from None
+        log_event("audit", actor=who.name, role=who.role, action="purge_cache", route=path, prefix=prefix,
+                  removed=result["removed"])
+        return json_response(result)
 
     async def match(request: Request, who: Identity) -> Response:
         body = await json_object(request)
@@ -403,13 +435,17 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("GET", "/admin/clusters", get_clusters, "every backend: health, breaker, ejection, in-flight, weights",
                   S.BackendState, response_list=True),
         Operation("POST", "/admin/clusters/{backend:path}/drain", drain, "no new requests; in-flight ones finish",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("POST", "/admin/clusters/{backend:path}/undrain", undrain, "back in rotation",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("GET", "/admin/stats", get_stats, "per route: requests/s, error rate, p50/p95/p99 over 1 and 5 min",
                   S.Stats),
         Operation("GET", "/admin/stats/stream", stats_stream, "the same as server-sent events, every second",
                   content_type="text/event-stream", extra={"schema": {"type": "string"}}),
+        Operation("DELETE", "/admin/cache", purge_cache, "remove cached responses: all, ?route= (id or external_path), ?prefix=",
+                  S.PurgeResult, write=True, statuses=(400, 404, 502),
+                  extra={"query": [{"name": "route", "in": "query", "required": False, "schema": {"type": "string"}},
+                                   {"name": "prefix", "in": "query", "required": False, "schema": {"type": "string"}}]}),
         Operation("POST", "/admin/match", match, "method + URL -> route, backends, policies", S.MatchResult,
                   statuses=(400,), body=S.MatchRequest),
     ]
@@ -444,7 +480,7 @@ def guarded(state: AdminState, op: Operation):
             token = bearer_token(request.headers)
             if token is None:
                 raise Problem(401, "send 'Authorization: Bearer <token>'")
-            who = state.tokens.identify(token)
+            who = state.current_tokens().identify(token)
             if who is None:
                 state.throttle.failed(client)
                 raise Problem(401, "unknown token")

@@ -44,6 +44,13 @@ class LastChange(Out):
     version: int | None = None
 
 
+class LastReload(Out):
+    time: float
+    trigger: str
+    result: Literal["success", "error"]
+    problems: list[str] | None = None
+
+
 class Status(Out):
     version: str
     uptime_seconds: float
@@ -53,6 +60,7 @@ class Status(Out):
     config_source: str | None
     config_digest: str
     reloads: ReloadCounts
+    last_reload: LastReload | None = None
     last_change: LastChange | None = None
 
 
@@ -134,6 +142,11 @@ class Stats(Out):
     routes: list[RouteStats]
 
 
+class PurgeResult(Out):
+    removed: int
+    stores: str
+
+
 class MatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str
@@ -182,7 +195,7 @@ ERRORS = {
     404: "no such route, version or backend", 412: "If-Match does not match the config's current ETag",
     422: "the change does not validate (problems listed with their JSON paths)",
     428: "If-Match is required for writes", 429: "too many failed authentications from this client",
-    501: "not available in this mode",
+    502: "a cache store (Redis) failed",
 }
 
 

@@ -24,7 +24,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.cache import CacheConfig
+from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
+from kairos.config.connection_pool import ConnectionPoolConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -117,6 +120,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # Upstream response head limits (502 beyond them).
+    max_upstream_header_bytes: PositiveInt = 65536
+    max_upstream_headers: PositiveInt = 100
     # A request head (line + headers) must arrive within this, or the connection is closed
     # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
     request_header_timeout_ms: NonNegativeInt = 10000
@@ -372,7 +378,15 @@ def _methods(value: list[str]) -> list[str]:
     return [one_of(method.upper(), HTTP_METHODS, "method") for method in value]
 
 
+def _plain_ascii(value: str, what: str) -> None:
+    """Refuse what could never be written into an HTTP/1.1 request line or Host header."""
+    if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+        raise problem(f"{what} {value!r} has a control character, a space or a non-ASCII character"
+                      " (percent-encode paths; write IDN hosts in their xn-- form)")
+
+
 def _backend_host(value: str) -> str:
+    _plain_ascii(value, "host")
     scheme, sep, rest = value.partition("://")
     if not sep:
         raise problem(f"'{value}' has no scheme: write it as http://{value}")
@@ -437,6 +451,9 @@ class RouterConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
+    connection_pool: ConnectionPoolConfig | None = None
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -463,6 +480,7 @@ class RouterConfig(Model):
     @field_validator("internal_path")
     @classmethod
     def _internal(cls, value: str, info: ValidationInfo) -> str:
+        _plain_ascii(value, "internal_path")
         external = info.data.get("external_path")
         if external is not None:  # None: external_path itself is invalid and reported
             try:
@@ -530,6 +548,9 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("version")

@@ -23,7 +23,8 @@ from kairos.proxy.exchange import EXCHANGE, has_body, response_headers, upstream
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.backend import Backend
 from kairos.upstream.breaker import OPEN, retry_after_header
-from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.client import PoolLimits, Response, UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.pool import pool_limits
 from kairos.upstream.retry import MIN_ATTEMPT_S
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ async def open_exchange(
     body: AsyncIterator[bytes] | bytes | None,
     timeout_s: float,
     connect_timeout_s: float | None,
+    limits: PoolLimits | None = None,
 ) -> Response:
     """Send the request and wait for the response headers, within `timeout_s` overall.
 
@@ -51,7 +53,7 @@ async def open_exchange(
         async with asyncio.timeout(timeout_s):
             response = await client.request(
                 backend.scheme, backend.connect_host, backend.port, scope["method"], path_and_query,
-                headers, body, connect_timeout_s,
+                headers, body, connect_timeout_s, limits,
             )
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
@@ -140,6 +142,12 @@ def upstream_failure(exc: UpstreamError, backend: Backend, scope: Scope) -> Gate
         return GatewayError("timeout", "connecting to the upstream timed out")
     if exc.kind == "connect":
         return GatewayError("upstream", "the upstream refused or could not be reached")
+    if exc.kind == "overloaded":
+        return GatewayError("upstream_overloaded", "too many requests are waiting for this upstream")
+    if exc.kind == "protocol":
+        return GatewayError("upstream", "the upstream sent an invalid response")
+    if exc.kind == "invalid_request":
+        return GatewayError("bad_request", "the request cannot be forwarded: a header or the target holds a control character")
     return GatewayError("upstream", "the upstream closed or reset the connection")
 
 
@@ -165,11 +173,12 @@ class Forwarder:
     deadline, a different backend per retry).
     """
 
-    __slots__ = ("route", "client", "balancer", "backends", "breakers", "outlier")
+    __slots__ = ("route", "client", "limits", "balancer", "backends", "breakers", "outlier")
 
     def __init__(self, route: CompiledRoute, client: UpstreamClient) -> None:
         self.route = route
         self.client = client
+        self.limits = pool_limits(route.policy("connection_pool"))
         cluster = route.cluster
         self.balancer = cluster.balancer
         self.backends = cluster.backends
@@ -218,7 +227,7 @@ class Forwarder:
         backend.in_flight += 1
         try:
             response = await open_exchange(
-                self.client, scope, backend, path, headers, body, timeout_s, route.connect_timeout_s
+                self.client, scope, backend, path, headers, body, timeout_s, route.connect_timeout_s, self.limits
             )
         except UpstreamError as exc:
             backend.in_flight -= 1
@@ -239,7 +248,9 @@ class Forwarder:
 
     # ------------------------------------------------------------------ outcomes
     def failed(self, backend: Backend, breaker: CircuitBreaker | NoBreaker, gen: int, exc: UpstreamError) -> None:
-        if exc.kind == "request_body":  # the client's body broke: not the backend's fault
+        if exc.kind in _NOT_THE_BACKENDS:
+            # The client's body broke, its request cannot be written, or our own queue for
+            # this backend is full: none of it says anything about the backend's health.
             breaker.release(gen)
             return
         count_upstream_error(backend.address, exc.kind)
@@ -303,7 +314,7 @@ class Forwarder:
                     if holding_retry:
                         budget.release()
                         holding_retry = False
-                    if exc.kind == "request_body" or not policy.on_connection_error or attempt >= policy.max_retries:
+                    if exc.kind in _NEVER_RETRIED or not policy.on_connection_error or attempt >= policy.max_retries:
                         raise upstream_failure(exc, backend, scope) from None
                     if not (exc.never_sent or idempotent):
                         raise upstream_failure(exc, backend, scope) from None
@@ -350,6 +361,10 @@ class Forwarder:
             budget.requests -= 1
             if holding_retry:
                 budget.release()
+
+
+_NOT_THE_BACKENDS = frozenset({"request_body", "invalid_request", "overloaded"})
+_NEVER_RETRIED = frozenset({"request_body", "invalid_request"})
 
 
 def _has_body(scope: Scope) -> bool:
