@@ -19,7 +19,7 @@ Also here: hop-by-hop filtering in both directions and the has-body rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +39,28 @@ def has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+# The server in front of the client writes these itself (uvicorn: `server`, `date`). As
+# nginx does (proxy_hide_header's defaults), an upstream's or a stored response's own are
+# not passed on, so the client gets exactly one of each, whoever produced the response.
+_WRITTEN_BY_SERVER = frozenset({b"server", b"date"})
+_BODILESS_DROP = _WRITTEN_BY_SERVER | {b"content-length"}
+
+
+def _for_the_server(headers: Iterable[tuple[bytes, bytes]], status: int) -> Iterable[tuple[bytes, bytes]]:
+    """The response headers minus Server and Date; a 204 or 304 also loses Content-Length.
+
+    A 204/304 has no body whatever its Content-Length says (RFC 9110 8.6), but uvicorn
+    would wait for that many body bytes, raise, and drop the client's connection.
+    Names are lowercase here (ASGI; the relay lowercases the upstream's). Usually there
+    is nothing to drop (the relay already dropped them): then no new list is made.
+    """
+    drop = _BODILESS_DROP if status == 304 or status == 204 else _WRITTEN_BY_SERVER
+    for name, _ in headers:
+        if name in drop:
+            return [(n, v) for n, v in headers if n not in drop]
+    return headers
 
 
 class Exchange:
@@ -69,6 +91,9 @@ class Exchange:
             while i:
                 i -= 1
                 hooks[i](self.scope, message)
+            headers = message.get("headers")
+            if headers:
+                message["headers"] = _for_the_server(headers, self.status)
         else:
             body = message.get("body")
             if body:
@@ -220,28 +245,17 @@ def _dropped(strip: frozenset[bytes]) -> frozenset[bytes]:
     return frozenset(dropped)
 
 
-# The server in front of the client writes its own (uvicorn: `server`, `date`); as nginx
-# does (proxy_hide_header's defaults), the upstream's are not passed on, so the client
-# gets exactly one of each.
-_REPLACED_BY_SERVER = frozenset({b"server", b"date"})
-
-
-def response_headers(raw: list[tuple[bytes, bytes]], status: int = 200) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate.
-
-    A 204 or 304 has no body whatever its Content-Length says (RFC 9110 8.6): the header is
-    dropped, since uvicorn would wait for that many body bytes and then drop the connection.
-    """
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate."""
     out = []
     listed: set[str] | None = None
-    bodiless = status in (204, 304)
     for name, value in raw:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 listed = _connection_listed(value)
             continue
-        if lname in _REPLACED_BY_SERVER or (bodiless and lname == b"content-length"):
+        if lname in _WRITTEN_BY_SERVER:
             continue
         out.append((lname, value))
     if listed:
