@@ -17,6 +17,7 @@ from kairos.cache.stores import CacheStores
 from kairos.clientip import ClientIdentity
 from kairos.config.models import GatewayConfig
 from kairos.edge import EdgeState
+from kairos.tracing.tracers import Tracers
 from kairos.types import ASGIApp
 from kairos.upstream.client import UpstreamClient
 
@@ -28,7 +29,7 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock", "caches")
+    __slots__ = ("upstream", "edge", "clock", "caches", "tracers")
 
     def __init__(
         self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
@@ -38,6 +39,7 @@ class LayerDeps:
         self.clock = clock
         # Response cache stores (kept across reloads); Redis ones use the edge's shared pools.
         self.caches = CacheStores(lambda url: edge.redis_backend(url).client)
+        self.tracers = Tracers()  # the OpenTelemetry tracer of the current `tracing` block, if enabled
 
 
 class CompiledConfig(Protocol):

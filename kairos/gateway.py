@@ -23,6 +23,7 @@ from kairos import __version__
 from kairos.config import ConfigError, GatewayConfig, load_config
 from kairos.config.watch import ConfigWatcher, file_digest
 from kairos.deps import LayerDeps
+from kairos.discovery.supervisor import DiscoverySupervisor
 from kairos.edge import EdgeState
 from kairos.observability import metrics
 from kairos.observability.logging import access_log_writer, log_event, redact, set_level
@@ -49,7 +50,10 @@ class Gateway:
         self.health_running = False
         self.edge = EdgeState()  # JWKS, verified tokens, rate-limit counters: kept across reloads
         self.deps = LayerDeps(self.upstream, self.edge)
+        # DNS discovery: background lookups that change route clusters' members.
+        self.discovery = DiscoverySupervisor(self._members_changed)
         self.runtime: Runtime = compile_runtime(config, self.deps)
+        self.discovery.sync(self.runtime.discovered)
         apply_drained(self.runtime.backends, read_drained(config_path))
         self.last_reload: dict[str, Any] | None = None  # time, trigger, result (+ problems)
         self.edge.prune()
@@ -67,6 +71,7 @@ class Gateway:
             self.edge.prune(keep_all=True)
             raise
         self.runtime = runtime
+        self.discovery.sync(runtime.discovered)  # last good answers at once; loops follow the config
         forget_backends(set(previous.backends) - set(runtime.backends))
         self.upstream.apply(config)
         # Idle connections to backends the new config dropped are closed now, not at their timeout.
@@ -77,6 +82,12 @@ class Gateway:
         for backend in self.edge.prune():
             _close_later(backend.aclose())
         return runtime
+
+    def _members_changed(self, added: list[str], removed: list[str]) -> None:
+        """DNS discovery changed a cluster of the current runtime: probes and gauges follow."""
+        forget_backends(self.runtime.members_changed())
+        if self.health_running:
+            self.health.sync(self.runtime.health_checks, self.upstream.http)
 
     def reload(self, trigger: str = "signal") -> bool:
         """Re-read the config file, validate and compile it, swap it in; on any problem keep the old one.
@@ -138,12 +149,16 @@ class Gateway:
     async def start(self) -> None:
         await self.upstream.start()
         await self.edge.start()
+        # The first DNS answers before the first request (bounded by the lookups' timeouts).
+        await self.discovery.start()
         self.health.sync(self.runtime.health_checks, self.upstream.http)
         self.health_running = True
 
     async def aclose(self) -> None:
         self.health_running = False
+        await self.discovery.aclose()
         await self.health.aclose()
+        await self.deps.tracers.aclose()  # flushes the queued spans, waiting 2 s at most
         await self.edge.aclose()
         await self.upstream.aclose()
 

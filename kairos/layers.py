@@ -35,6 +35,8 @@ from kairos.middleware.ip_rules import ip_rules_layer
 from kairos.middleware.ratelimit import ratelimit_layer
 from kairos.proxy.forward import forward_layer
 from kairos.route import CompiledRoute
+from kairos.tracing.layer import tracing_layer
+from kairos.transform.layer import transform_layer
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 LayerFactory = Callable[[CompiledRoute, LayerDeps], Wrap | None]
@@ -46,6 +48,7 @@ class Layer(NamedTuple):
 
 
 LAYERS: tuple[Layer, ...] = (
+    Layer("tracing", tracing_layer),  # the server span; sees every refusal below as an event
     Layer("ip_rules", ip_rules_layer),  # 403 before anything else looks at the request
     Layer("cors", cors_layer),  # preflights answered here, even for unauthenticated clients
     Layer("body_limit", body_limit_layer),  # 413 on the declared length; counts a streamed body
@@ -53,11 +56,9 @@ LAYERS: tuple[Layer, ...] = (
     Layer("ratelimit", ratelimit_layer),  # 429; after auth, so PerUser sees the verified `sub`
     Layer("compression", compression_layer),  # encodes what the layers below produce, fresh or cached
     Layer("cache", cache_layer),  # answers from its store; records what the layers below return
+    Layer("transform", transform_layer),  # request/response rewriting (docs/transformation.md)
     # Planned, in this order (each helper adds its own line here):
-    #   transform    request and response rewriting, closest to the upstream
     #   websocket    takes upgrade requests; plain HTTP passes through
-    #   tracing      a span per request: first in this list if it needs the route, else a
-    #                global layer in app.py (it then also sees 404s and the gateway's own errors)
     Layer("forward", forward_layer),  # the end of every chain: pick a backend, forward, relay
 )
 

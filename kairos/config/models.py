@@ -28,7 +28,10 @@ from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
+from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
+from kairos.tracing.config import TracingConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -460,6 +463,9 @@ class RouterConfig(Model):
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
+    discovery: DiscoveryConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -513,6 +519,10 @@ class RouterConfig(Model):
     @model_validator(mode="after")
     def _backend_form(self) -> RouterConfig:
         legacy = self.host is not None or self.port is not None
+        if self.discovery is not None and self.discovery.type == "dns_srv":
+            if legacy or self.backends is not None:
+                raise problem("with discovery type dns_srv the backends come from SRV records: remove 'backends'/'host'")
+            return self
         if legacy and self.backends is not None:
             raise problem("give either 'host'+'port' or 'backends', not both")
         if not legacy and not self.backends:
@@ -526,6 +536,8 @@ class RouterConfig(Model):
         """The backends, with the legacy `host`+`port` form as a single backend."""
         if self.backends is not None:
             return tuple(self.backends)
+        if self.host is None:
+            return ()  # dns_srv: discovered
         return (BackendConfig(host=self.host, port=self.port),)  # type: ignore[arg-type]
 
 
@@ -552,6 +564,15 @@ class GatewayConfig(Model):
     compression: CompressionConfig | None = None
     cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    discovery: DiscoveryConfig | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @field_validator("discovery")
+    @classmethod
+    def _discovery_default(cls, value: DiscoveryConfig | None) -> DiscoveryConfig | None:
+        if value is not None and value.type == "dns_srv":
+            raise problem("dns_srv names one service: set it on the router that uses it")
+        return value
 
     @field_validator("version")
     @classmethod

@@ -94,6 +94,13 @@ class AccessLog:
                     "bytes_out": exchange.bytes_out,
                     "user_agent": user_agent.decode("latin-1"),
                 }
+                trace_id = scope.get("kairos.trace_id")
+                if trace_id is not None:
+                    record["trace_id"] = trace_id
                 if error is not None:
                     record["error"] = error
+                if "kairos.upstream_status" in scope:  # a status_code_mapping changed it
+                    record["upstream_status"] = scope["kairos.upstream_status"]
+                if "kairos.transform_skipped" in scope:  # why a JSON body was not edited
+                    record["transform_skipped"] = scope["kairos.transform_skipped"]
                 self.writer.write(record)

@@ -54,6 +54,14 @@ CACHE_BACKEND_ERRORS = Counter("kairos_cache_backend_errors_total", "Cache stora
 GATEWAY_ERRORS = Counter(
     "kairos_gateway_errors_total", "Answers the gateway gave itself (its JSON errors), by error kind", ["route", "kind"]
 )
+DISCOVERY_RESOLUTIONS = Counter("kairos_discovery_resolutions_total", "DNS discovery lookups", ["dns_name", "result"])
+DISCOVERY_CHANGES = Counter(
+    "kairos_discovery_membership_changes_total", "Backends added to or removed from a route by DNS discovery",
+    ["route", "change"],
+)
+DISCOVERY_ENDPOINTS = Gauge(
+    "kairos_discovery_endpoints", "Addresses in a name's last good DNS answer", ["dns_name"], multiprocess_mode="max"
+)
 
 
 # --------------------------------------------------------------------------- cached children

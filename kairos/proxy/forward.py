@@ -173,17 +173,14 @@ class Forwarder:
     deadline, a different backend per retry).
     """
 
-    __slots__ = ("route", "client", "limits", "balancer", "backends", "breakers", "outlier")
+    __slots__ = ("route", "client", "limits", "cluster", "outlier")
 
     def __init__(self, route: CompiledRoute, client: UpstreamClient) -> None:
         self.route = route
         self.client = client
         self.limits = pool_limits(route.policy("connection_pool"))
-        cluster = route.cluster
-        self.balancer = cluster.balancer
-        self.backends = cluster.backends
-        self.breakers = cluster.breakers
-        self.outlier = cluster.outlier
+        self.cluster = route.cluster
+        self.outlier = route.cluster.outlier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.route
@@ -215,14 +212,20 @@ class Forwarder:
         On success the backend's in-flight count stays raised: the caller lowers it once the
         response is relayed or released. A transport failure raises AttemptFailed (recorded,
         in-flight count lowered); no usable backend raises the GatewayError to answer."""
-        i = self.balancer.pick_index(scope, exclude)
+        # Read once: DNS discovery replaces the balancer (with its members) as a whole.
+        balancer = self.cluster.balancer
+        i = balancer.pick_index(scope, exclude)
         if i < 0:
             raise self.unavailable()
         route = self.route
-        backend = self.backends[i]
-        breaker = self.breakers[i]
+        backend = balancer.backends[i]
+        breaker = balancer.breakers[i]
         headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
         scope["kairos.backend"] = backend.address
+        trace = scope.get("kairos.trace")  # set by the tracing layer: a client span per attempt
+        span = None
+        if trace is not None:
+            span = trace.attempt(scope["method"], backend.origin, backend.connect_host, backend.port, path, headers)
         gen = breaker.acquire()
         backend.in_flight += 1
         try:
@@ -232,16 +235,26 @@ class Forwarder:
         except UpstreamError as exc:
             backend.in_flight -= 1
             self.failed(backend, breaker, gen, exc)
+            if span is not None:
+                trace.attempt_done(span, error=exc.kind)
             raise AttemptFailed(exc, backend, i) from None
-        except BaseException:
+        except BaseException as exc:
             backend.in_flight -= 1
             breaker.release(gen)
+            if span is not None:
+                trace.attempt_done(span, error=exc.__class__.__name__)
             raise
         self.answered(backend, breaker, gen, response.status)
+        if span is not None:
+            trace.attempt_done(span, response.status)
         return i, backend, response
 
     def target(self, scope: Scope) -> str:
-        """The upstream request target: internal_path with the raw params, the query unchanged."""
+        """The upstream request target: internal_path with the raw params, the query unchanged,
+        unless the transform layer rewrote them (scope["kairos.upstream_target"])."""
+        rewritten = scope.get("kairos.upstream_target")
+        if rewritten is not None:
+            return rewritten
         path = self.route.template.render(scope["kairos.params"])
         qs = scope.get("query_string")
         return path + "?" + qs.decode("latin-1") if qs else path
@@ -272,7 +285,8 @@ class Forwarder:
         circuit_open, with Retry-After), or no healthy backend at all."""
         route = self.route
         waits = []
-        for backend, breaker in zip(self.backends, self.breakers):
+        cluster = self.cluster
+        for backend, breaker in zip(cluster.backends, cluster.breakers):
             if backend.available or route.panic_mode:
                 waits.append(breaker.retry_after_s() if breaker.state == OPEN else 1.0)
         if waits:
