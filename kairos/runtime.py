@@ -49,6 +49,10 @@ class Runtime:
         self.identity = ClientIdentity(config.server.trusted_proxies)
         # Route clusters whose members DNS discovery maintains (kairos/discovery/).
         self.discovered = tuple(discovered or ())
+        # The previous config's backends, so a discovered address that stays across a reload
+        # keeps its object; an address discovery removes is dropped from here too (if it comes
+        # back it starts fresh, with live gauges).
+        self.carried: dict[str, Backend] = {}
 
     def members_changed(self) -> set[str]:
         """After DNS discovery changed some clusters: recompute the health checks and forget the
@@ -60,6 +64,8 @@ class Runtime:
                 used.setdefault(backend.address, backend)
             _collect_health_checks(route.config, list(route.cluster.backends), health_checks)
         gone = set(self.backends) - set(used)
+        for address in gone:
+            self.carried.pop(address, None)
         self.backends = used
         self.health_checks = health_checks
         return gone
@@ -104,10 +110,11 @@ def compile_runtime(config: GatewayConfig, deps: LayerDeps, previous: Runtime | 
     runtime = Runtime(config, routes, backends, health_checks)
     # Discovered members are looked up in (and added to) this runtime's backends, reusing the
     # previous runtime's objects: an address that stays across a reload keeps its state.
+    runtime.carried = dict(old) if discovered else {}
     runtime.discovered = tuple(
         DiscoveredCluster(
             rc.external_path, cluster, static, targets,
-            partial(_discovered_member, runtime, old),
+            partial(_discovered_member, runtime),
             partial(_breaker_for, rc=rc, config=config, configured=configured),
         )
         for rc, cluster, static, targets in discovered
@@ -128,8 +135,8 @@ def _member(backends: dict[str, Backend], old: Mapping[str, Backend], bc: Backen
     return backend
 
 
-def _discovered_member(runtime: Runtime, old: Mapping[str, Backend], bc: BackendConfig, hostname: str | None) -> Backend:
-    return _member(runtime.backends, old, bc, hostname)
+def _discovered_member(runtime: Runtime, bc: BackendConfig, hostname: str | None) -> Backend:
+    return _member(runtime.backends, runtime.carried, bc, hostname)
 
 
 def _breaker_for(
@@ -143,17 +150,17 @@ def _breaker_for(
         return NO_BREAKER
     first = configured.get(backend.address)
     if first is None:
-        configured[backend.address] = cfg
+        configured[backend.address] = first = cfg
         if isinstance(backend.breaker, CircuitBreaker):
             backend.breaker.configure(cfg)  # a reload: same state, possibly new settings
-        else:
-            backend.breaker = CircuitBreaker(backend.address, cfg)
     elif first != cfg:
         log_event(
             "circuit_breaker_config_conflict", 30, backend=backend.address, route=rc.external_path,
             detail="a backend has one breaker; the settings of the first route naming it apply",
         )
-    assert isinstance(backend.breaker, CircuitBreaker)
+    if not isinstance(backend.breaker, CircuitBreaker):
+        # A new backend (or one DNS discovery brought back as a new object after it left).
+        backend.breaker = CircuitBreaker(backend.address, first)
     return backend.breaker
 
 

@@ -221,3 +221,38 @@ async def test_respect_ttl_waits_for_the_record_ttl(dns):
         await eventually(lambda: route.addresses() == ["http://10.0.0.9:80"])  # after ~1 s, not 60
     finally:
         await supervisor.aclose()
+
+
+async def test_through_the_runtime_a_reload_keeps_discovered_backends_and_a_returning_address_starts_fresh(dns):
+    from kairos.config import parse_config
+    from kairos.deps import LayerDeps
+    from kairos.edge import EdgeState
+    from kairos.runtime import compile_runtime
+    from kairos.upstream.client import UpstreamClient
+
+    dns.set("rt.test", "A", ["10.0.0.1", "10.0.0.2"])
+    cfg = parse_config({"discovery": {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout_ms": 300,
+                                      "refresh_ms": 60_000},
+                        "routers": [{"external_path": "/a", "internal_path": "/", "methods": ["GET"],
+                                     "backends": [{"host": "http://rt.test", "port": 80}]}]})
+    deps = LayerDeps(UpstreamClient(), EdgeState())
+    supervisor = DiscoverySupervisor()
+    first = compile_runtime(cfg, deps)
+    supervisor.sync(first.discovered)
+    await supervisor.start()
+    try:
+        kept = first.backends["http://10.0.0.1:80"]
+        kept.in_flight = 3
+        second = compile_runtime(cfg, deps, previous=first)
+        supervisor.sync(second.discovered)  # what Gateway.swap does
+        assert second.backends["http://10.0.0.1:80"] is kept and kept.in_flight == 3
+        assert second.routes[0].cluster.balancer.backends[0] is kept
+        # 10.0.0.2 leaves and comes back: a new object (its old gauges were forgotten).
+        old_b = second.backends["http://10.0.0.2:80"]
+        (lookup,) = second.discovered[0].lookups
+        supervisor.answer(lookup, [Endpoint("10.0.0.1", 0, 0, "rt.test")])
+        assert second.members_changed() == {"http://10.0.0.2:80"}
+        supervisor.answer(lookup, [Endpoint("10.0.0.1", 0, 0, "rt.test"), Endpoint("10.0.0.2", 0, 0, "rt.test")])
+        assert second.backends["http://10.0.0.2:80"] is not old_b
+    finally:
+        await supervisor.aclose()

@@ -808,3 +808,32 @@ async def test_reload_closes_idle_connections_of_removed_backends():
                 assert other.connections == 1
         finally:
             await gateway.aclose()
+
+
+async def test_uvicorn_upstream_closing_idle_connections_is_harmless(client):
+    # uvicorn closes idle keep-alive connections after 5 s (here 0.2 s); the pool keeps them
+    # for 60 s by default: each close is noticed when it happens and never costs a request.
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, timeout_keep_alive=0.2,
+                                           log_level="warning", lifespan="off"))
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            assert (await fetch(client, port, "POST", body=b"x"))[2] == b"ok"
+            await asyncio.sleep(0.4)  # past uvicorn's keep-alive timeout
+            assert idle_count(client, port) == 0  # dropped when uvicorn closed it
+    finally:
+        server.should_exit = True
+        await task

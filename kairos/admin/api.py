@@ -293,23 +293,23 @@ def build_operations(state: AdminState) -> list[Operation]:
         return await change(request, state, who, "add_route", edit, 201, lambda new: route_id(new["routers"][-1]))
 
     def route_edit(request: Request, make: Callable[[dict[str, Any]], dict[str, Any] | None]):
+        """An edit replacing (or, when `make` returns None, removing) the route of the path's id,
+        and a function telling the replaced route's id afterwards (a new path or methods give a new one)."""
         rid = request.path_params["id"]
-        holder: dict[str, int] = {}
+        replaced: list[dict[str, Any]] = []
 
         def edit(current: dict[str, Any]) -> dict[str, Any]:
             i = route_index(current, rid)
-            holder["i"] = i
             replacement = make(current["routers"][i])
             if replacement is None:
                 del current["routers"][i]
             else:
                 current["routers"][i] = replacement
+                replaced.append(replacement)
             return current
 
         def new_id(new: dict[str, Any]) -> str | None:
-            routers = new.get("routers", [])
-            i = holder.get("i", -1)
-            return route_id(routers[i]) if 0 <= i < len(routers) and len(routers) else None
+            return route_id(replaced[0]) if replaced else None
 
         return edit, new_id
 

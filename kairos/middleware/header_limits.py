@@ -66,7 +66,7 @@ class HeaderLimits:
         self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):  # an upgrade request is checked like any request
             refusal = head_refusal(scope, self.source.runtime.config.server)
             if refusal is not None:
                 kind, message = refusal

@@ -26,6 +26,9 @@ from kairos.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.upstream.backend import Backend
 
 EXCHANGE = "kairos.exchange"  # scope key
+# A WebSocket handshake's response starts with one of these (headers allowed, hooks run).
+_WEBSOCKET_STARTS = frozenset({"websocket.accept", "websocket.http.response.start"})
+PROXIED = frozenset({"http", "websocket"})  # scope types the proxy path serves
 
 # Called with (scope, the http.response.start message) and may change message["headers"].
 StartHook = Callable[[Scope, Message], None]
@@ -83,9 +86,10 @@ class Exchange:
         self.bytes_out = 0
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start" or (kind in _WEBSOCKET_STARTS and not self.started):
             self.started = True
-            self.status = message["status"]
+            self.status = message.get("status", 101)  # a WebSocket accept is the 101
             hooks = self.hooks
             i = len(hooks)
             while i:
@@ -94,6 +98,9 @@ class Exchange:
             headers = message.get("headers")
             if headers:
                 message["headers"] = _for_the_server(headers, self.status)
+        elif kind == "websocket.close" and not self.started:
+            self.started = True
+            self.status = 403  # what servers answer an upgrade closed before it was accepted
         else:
             body = message.get("body")
             if body:
@@ -133,7 +140,7 @@ class OpenExchange:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in PROXIED:
             await self.app(scope, receive, send)
             return
         exchange = scope[EXCHANGE] = Exchange(scope, send)
