@@ -370,6 +370,17 @@ def test_route_dependent_template_problems():
     ]
 
 
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    from kairos.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "transform.json", use_env=False)
+    first, second = config.routers
+    assert first.request_transformation.path.replacement == "/v2/$1"
+    assert second.auth_required and second.response_transformation.max_json_body == 262144
+
+
 def test_unknown_key_in_a_block():
     assert any("request_transformation.header: unknown key 'header' (did you mean 'headers'?)" in p
                for p in problems(request_transformation={"header": []}))
