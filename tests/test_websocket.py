@@ -458,3 +458,55 @@ async def test_demo_chat_service_behind_the_gateway(gateway, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, as files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kairos-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_wss_backend_verified_with_the_system_trust(gateway, tmp_path):
+    """A wss:// backend: TLS to the upstream, verified against the trust store (SSL_CERT_FILE here)."""
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    up = WsUpstream("wss-upstream", ssl_context=context).start()
+    try:
+        routes = [ws_route(up, "/tls", "/echo"), {**ws_route(up, "/plain-to-tls", "/echo"), "backends": [up.backend("ws")]}]
+        routes[0]["backends"] = [up.backend("wss")]
+        gw = gateway(config(*routes), env={"SSL_CERT_FILE": str(cert)})
+        async with open_ws(gw, "/tls") as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
+        status, _, _ = await refused(gw, "/plain-to-tls")  # plain ws:// to a TLS port: no handshake
+        assert status in (502, 504)
+        untrusted = gateway(config(routes[0]))  # no SSL_CERT_FILE: the certificate is not trusted
+        status, _, body = await refused(untrusted, "/tls")
+        assert status == 502 and json.loads(body)["type"] == "upstream"
+    finally:
+        up.stop()

@@ -37,12 +37,14 @@ def test_websocket_block_defaults_override_and_validation():
         ws_router(websocket={"token_from": ["cookie"], "allowed_origins": ["example.com/x"], "max_message_bytes": 0}),
         {**ws_router(), "protocol": "http", "websocket": {}},
         ws_router(methods=["POST"]),
+        ws_router(cache={"enabled": True}, response_transformation={"headers": []}),
     ]})
     assert "routers[0].websocket.token_from: unknown token source 'cookie' (one of header, subprotocol, query:<name>)" in found
     assert any(p.startswith("routers[0].websocket.allowed_origins: 'example.com/x' is not an origin") for p in found)
     assert "routers[0].websocket.max_message_bytes: must be greater than 0" in found
     assert any(p.startswith("routers[1]") and "'websocket' block needs" in p for p in found)
     assert any(p.startswith("routers[2]") and "must allow GET" in p for p in found)
+    assert "routers[3]: cache, response_transformation: not applied on a websocket route (messages are relayed as they are)" in found
 
 
 async def call(layer, scope):

@@ -52,8 +52,9 @@ class Handshake:
 
 
 class WsUpstream:
-    def __init__(self, name: str = "ws-upstream") -> None:
+    def __init__(self, name: str = "ws-upstream", ssl_context: Any = None) -> None:
         self.name = name
+        self.ssl_context = ssl_context  # serve wss:// with it
         self.port = 0
         self.handshakes: list[Handshake] = []
         self.closes: list[tuple[str, int | None, str]] = []
@@ -95,6 +96,7 @@ class WsUpstream:
         async with serve(
             self._handler, "127.0.0.1", 0, process_request=self._process_request,
             select_subprotocol=self._select, compression=None, max_size=None, server_header=None,
+            ssl=self.ssl_context,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()

@@ -423,6 +423,9 @@ _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+_HTTP_BODY_BLOCKS = ("compression", "cache", "request_transformation", "response_transformation")
+
+
 class RouterConfig(Model):
     # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
     name: str | None = None
@@ -527,6 +530,11 @@ class RouterConfig(Model):
             raise problem("a websocket route must allow GET (the upgrade is a GET request)")
         if self.websocket is not None and self.protocol != "websocket":
             raise problem("a 'websocket' block needs \"protocol\": \"websocket\"")
+        if self.protocol == "websocket":
+            # Layers that read or rewrite HTTP bodies are not in a websocket route's chain (layers.py).
+            unused = [k for k in _HTTP_BODY_BLOCKS if getattr(self, k) is not None]
+            if unused:
+                raise problem(f"{', '.join(unused)}: not applied on a websocket route (messages are relayed as they are)")
         return self
 
     @property

@@ -11,16 +11,25 @@ carries `"kairos.compression": True` (routes with `websocket.compression`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 
+# uvicorn and websockets log every accepted/rejected upgrade and "connection open" at info:
+# the gateway's access line already says all of it, so only their warnings and errors pass.
+_LOGGER = logging.getLogger("kairos.websocket.protocol")
+_LOGGER.setLevel(logging.WARNING)
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn.available_extensions = []
+        self.logger = _LOGGER
+        self.conn.logger = _LOGGER
 
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.accept" and message.get("kairos.compression") and not self.handshake_complete:
