@@ -183,16 +183,23 @@ async def change(request: Request, state: AdminState, who: Identity, action: str
         except Exception as exc:
             raise Problem(422, "the change does not compile",
                           problems=[redact(f"{exc.__class__.__name__}: {exc}")]) from None
+        summary = summarize(current, new)
         try:
             store.ensure_initial(raw, current)
+        except OSError as exc:  # the history is a convenience: it never blocks a change
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
+        try:
             data = store.write(new)
         except OSError as exc:
             state.control.revert(old_config)
             log_event("admin_write_failed", logging.ERROR, path=str(store.path), error=str(exc))
             raise Problem(500, f"the config file could not be written ({exc.strerror}); the previous config stays live") from None
         state.control.written(hashlib.sha256(data).digest())
-        summary = summarize(current, new)
-        version = store.record(new, who.name, {"action": action, **summary}, data)
+        try:
+            version: int | None = store.record(new, who.name, {"action": action, **summary}, data)
+        except OSError as exc:
+            version = None
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
         state.last_change = {"time": time.time(), "actor": who.name, "result": "applied", "version": version}
         log_event("audit", actor=who.name, role=who.role, action=action, version=version, etag=etag_of(data), **summary)
     result = {"etag": etag_of(data), "version": version, "summary": summary}

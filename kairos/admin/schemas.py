@@ -73,7 +73,7 @@ class Summary(Out):
 
 class ChangeResult(Out):
     etag: str
-    version: int
+    version: int | None  # None: live and written, but the history could not be kept (logged)
     summary: Summary
     route_id: str | None = None
 
