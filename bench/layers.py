@@ -16,6 +16,7 @@ checkout too (`--repo PATH`), for a same-run A/B (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -90,6 +91,111 @@ def edge_layers() -> dict:
     return layers
 
 
+async def noop_attempting(scope, receive, send):
+    """The no-op app doing what the Forwarder does for tracing: one client span per attempt."""
+    trace = scope.get("kairos.trace")
+    if trace is not None:
+        headers: list = []
+        span = trace.attempt("GET", "http://127.0.0.1:9", "127.0.0.1", 9, "/1?a=1", headers)
+        trace.attempt_done(span, 200)
+    await noop(scope, receive, send)
+
+
+def null_exporter():
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class NullExporter(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    return NullExporter()
+
+
+def tracing_layers() -> dict:
+    """The tracing layer (server span) + one client span, against the same app without tracing."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from kairos.tracing.config import TracingConfig
+    from kairos.tracing.layer import Tracing
+    from kairos.tracing.tracer import Tracer
+
+    layers = {}
+    parent = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")]
+    unsampled = Tracer(TracingConfig(enabled=True, exporter="none", ratio=0.0))
+    layers["tracing on, not sampled"] = (Tracing(noop_attempting, unsampled, "/api/{id}"), [])
+    layers["tracing on, not sampled, traceparent"] = (Tracing(noop_attempting, unsampled, "/api/{id}"), parent)
+    sampled = Tracer(TracingConfig(enabled=True, exporter="none", sampler="always_on"))
+    sampled.provider.add_span_processor(BatchSpanProcessor(null_exporter()))
+    layers["tracing on, sampled, batch export"] = (Tracing(noop_attempting, sampled, "/api/{id}"), [])
+    return layers
+# A route with five header edits and a path rewrite (issue 12); a plain route has no layer at all.
+TRANSFORM = {
+    "headers": [
+        {"action": "add", "name": "X-Forwarded-By", "value": "kairos-gateway"},
+        {"action": "set", "name": "X-Request-Tag", "value": "{request_id}"},
+        {"action": "remove", "name": "Cookie"},
+        {"action": "rename", "name": "Accept", "to": "X-Accept"},
+        {"action": "replace", "name": "User-Agent", "pattern": "bench/(\\d+)", "replacement": "kairos/$1"},
+    ],
+    "path": {"pattern": "^/api/(.+)$", "replacement": "/v2/$1"},
+}
+
+
+def transform_layers() -> dict:
+    from kairos.routing import PathTemplate
+    from kairos.transform.config import RequestTransformation
+    from kairos.transform.layer import Transform, configured
+
+    request = RequestTransformation.model_validate(TRANSFORM)
+    assert configured(request, None) and not configured(None, None)
+    layer = Transform(noop, "/api/{id}", PathTemplate("/{id}", ["id"]), request, None)
+    return {"transform: 5 header edits + path rewrite": (layer, [])}
+
+
+JSON_10K = json.dumps([{"id": i, "name": f"user{i}", "email": f"user{i}@example.com", "active": i % 2 == 0,
+                        "score": i * 1.5} for i in range(120)]).encode()[:10240]
+
+
+async def json_10k(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"10240")]})
+    await send({"type": "http.response.body", "body": JSON_10K})
+
+
+async def cache_and_compression() -> None:
+    """Compression per codec of a 10 KiB JSON body (level 6), and a cache hit answering by itself."""
+    from kairos.cache import Cache, CachePolicy, CacheStores
+    from kairos.config.cache import CacheConfig
+    from kairos.config.compression import CompressionConfig
+    from kairos.middleware.compression import Compression, CompressionPolicy
+
+    n = 3000
+    await run(json_10k, n)
+    base = min([await run(json_10k, n) for _ in range(3)])
+    for coding in ("gzip", "br", "zstd", "deflate"):
+        layer = Compression(json_10k, CompressionPolicy(CompressionConfig(enabled=True, algorithms=[coding])))
+        extra = [(b"accept-encoding", coding.encode())]
+        await run(layer, n, extra)
+        t = min([await run(layer, n, extra) for _ in range(3)])
+        print(f"{'compression ' + coding + ', 10 KiB JSON':34s} +{t - base:5.2f} µs/request")
+    config = CacheConfig(enabled=True)
+    hit = Cache(noop, CachePolicy("/api/{id}", config), *CacheStores().store_for(config, ""))
+    await run(hit, 1)  # the one miss; every call after it is a hit
+    n = 20_000
+    await run(noop, n)
+    base = min([await run(noop, n) for _ in range(3)])
+    t = min([await run(hit, n) for _ in range(3)])
+    print(f"{'cache hit (memory), whole answer':34s} +{t - base:5.2f} µs/request")
+    # A hit of the 10 KiB JSON body sent gzip-compressed: the encoded body is kept after the first hit.
+    config = CacheConfig(enabled=True)
+    hit_json = Cache(json_10k, CachePolicy("/api/{id}", config), *CacheStores().store_for(config, ""))
+    both = Compression(hit_json, CompressionPolicy(CompressionConfig(enabled=True, algorithms=["gzip"])))
+    extra = [(b"accept-encoding", b"gzip")]
+    await run(both, 10, extra)
+    t = min([await run(both, n, extra) for _ in range(3)])
+    print(f"{'cache hit + gzip, 10 KiB JSON':34s} +{t - base:5.2f} µs/request")
+
+
 class FakeResponse:
     """What the upstream client returns, answered from memory."""
 
@@ -117,11 +223,21 @@ STACK_ROUTE = {"external_path": "/api/{id}", "internal_path": "/{id}", "methods"
                "port": 9}
 STACKS = {
     "proxied GET, route without policies": {"routers": [STACK_ROUTE]},
+    "proxied GET, tracing on, not sampled": {
+        "tracing": {"enabled": True, "exporter": "none", "ratio": 0.0}, "routers": [STACK_ROUTE]},
+    "proxied GET, tracing on, sampled (batch export)": {
+        "tracing": {"enabled": True, "exporter": "none", "sampler": "always_on"}, "routers": [STACK_ROUTE]},
     "proxied GET, cors + rate limit + ip rules": {
         "cors": {"allowed_origins": ["https://*.example.com"]},
         "rate_limit": {"strategy": "PerIP", "requests_per_window": 10**9, "window_duration": 60},
         "ip_allow": ["127.0.0.0/8"],
         "routers": [STACK_ROUTE],
+    },
+    # Every request after the first answered from the memory cache: no upstream exchange.
+    "proxied GET, cache on (every request a hit)": {"cache": {"enabled": True, "ttl_secs": 3600},
+                                                    "routers": [STACK_ROUTE]},
+    "proxied GET, transformation (5 header edits + path rewrite)": {
+        "routers": [dict(STACK_ROUTE, request_transformation=TRANSFORM)],
     },
 }
 
@@ -141,6 +257,11 @@ async def stacks(n: int) -> None:
     for name, config in STACKS.items():
         app = create_app(dict(config, logging={"access_log": True}))
         app.state.gateway.upstream.request = fake_request
+        tracer = app.state.gateway.deps.tracers.current
+        if tracer is not None and tracer.config.sampler == "always_on":
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            tracer.provider.add_span_processor(BatchSpanProcessor(null_exporter()))  # the queue, not the network
         await run_stack(app, 5_000)
         t = min([await run_stack(app, n) for _ in range(3)])
         print(f"{name:44s} {t:6.2f} µs/request")  # CPU µs, min of 3 runs
@@ -167,10 +288,18 @@ async def main() -> None:
         await run(layer, 20_000)
         t = min([await run(layer, N) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")
-    for name, (layer, extra) in edge_layers().items():
+    for name, (layer, extra) in {**edge_layers(), **transform_layers()}.items():
         await run(layer, 20_000, extra)
         t = min([await run(layer, N, extra) for _ in range(3)])
         print(f"{name:34s} +{t - base:5.2f} µs/request")
+    # Tracing off is no layer at all; the attempt's `scope.get("kairos.trace")` is the whole cost.
+    base_attempting = min([await run(noop_attempting, N) for _ in range(3)])
+    print(f"{'tracing off (no layer)':34s} +{base_attempting - base:5.2f} µs/request")
+    for name, (layer, extra) in tracing_layers().items():
+        await run(layer, 20_000, extra)
+        t = min([await run(layer, N // 4, extra) for _ in range(3)])
+        print(f"{name:34s} +{t - base_attempting:5.2f} µs/request (server span + 1 client span)")
+    await cache_and_compression()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ conditions. Sections (select with --only a,b,...):
   proxy     wrk -t1 -c64: the upstream directly, nginx as proxy, kairos (default features, JSON access log to a file)
   openloop  1,000 requests/s open-loop for 10 s: p50/p99/p99.9 through kairos and directly
   routes    the proxy run with 20 and with 20,000 routes; route lookups/s (kairos vs Starlette)
-  features  JWT (repeated and fresh tokens), rate limiting (memory, Redis), as ratios to the plain proxy
+  features  JWT (repeated and fresh tokens), rate limiting (memory, Redis), transformation, as ratios to the plain proxy
   memory    RSS after 50,000 and 250,000 requests, and after 100 hot reloads
   conns     2,000 simultaneous keep-alive connections: errors and p99
 
@@ -310,6 +310,11 @@ def section_features(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, 
         targets["jwt_fresh_tokens"] = (port, fresh)
         _, port = stack.enter_context(kairos(tmp, gateway_config(up, rate_limit=limit), name="rl-memory"))
         targets["ratelimit_memory"] = (port, None)
+        _, port = stack.enter_context(kairos(tmp, transform_config(up), name="transform"))
+        targets["transform_5_headers_path"] = (port, None)
+        # Every request after the first is a fresh hit: no upstream exchange at all (docs/caching.md).
+        _, port = stack.enter_context(kairos(tmp, gateway_config(up, cache={"enabled": True, "ttl_secs": 3600}), name="cache"))
+        targets["cache_hit_memory"] = (port, None)
         if shutil.which("redis-server"):
             url = stack.enter_context(redis_server(tmp))
             shared = dict(limit, enable_redis=True, redis_url=url)
@@ -319,6 +324,16 @@ def section_features(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, 
     base = res["plain"]["rps"]
     res["ratios_to_plain"] = {k: round(v["rps"] / base, 4) for k, v in res.items() if k != "plain"}
     return res
+
+
+def transform_config(up: int) -> dict[str, Any]:
+    """The plain route with bench/layers.py's five header edits and a path rewrite (to the same upstream path)."""
+    from layers import TRANSFORM  # bench/ is this script's directory
+
+    config = gateway_config(up)
+    config["routers"][0]["request_transformation"] = dict(
+        TRANSFORM, path={"pattern": "^/api/users/(.+)$", "replacement": "/users/$1"})
+    return config
 
 
 def section_memory(tmp: Path, up: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -82,9 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = dict(
         host=config.server.host,
         port=config.server.port,
-        # A proxy must not add its own Server/Date next to the upstream's.
+        # One Server and one Date, the gateway's: the upstream's are not relayed (as nginx).
         server_header=False,
-        date_header=False,
+        date_header=True,
+        headers=[("server", "kairos")],
         # trusted_proxies is the one source of client addresses: uvicorn must not
         # rewrite the peer from X-Forwarded-For on its own.
         proxy_headers=False,
@@ -95,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         # uvicorn's httptools protocol + server.request_header_timeout_ms
         http="kairos.server:HeadTimeoutProtocol",
+        # uvicorn's WebSocket protocol, with permessage-deflate decided per route (docs/websocket.md).
+        ws="kairos.websocket.protocol:WebSocketProtocol",
     )
     admin_sock = _admin_socket(config)
     if workers > 1:
@@ -226,6 +229,31 @@ def _serve_workers(config: "uvicorn.Config", admin_sock=None) -> int:  # type: i
     return 0
 
 
+def cmd_cache_purge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from kairos.cache.purge import purge_redis, redis_caches
+    from kairos.edge import redis_url_for
+
+    config = _load_or_exit(args.path)
+    if args.route is not None and all(r.external_path != args.route for r in config.routers):
+        print(f"{args.path}: no route with external_path {args.route!r}", file=sys.stderr)
+        return 1
+    if not redis_caches(config, redis_url_for, args.route):
+        print("no route here caches in Redis: in-process caches are purged through the running gateway",
+              file=sys.stderr)
+        return 1
+    try:
+        removed = asyncio.run(purge_redis(config, redis_url_for, args.route))
+    except Exception as exc:  # Redis unreachable: say so, no traceback
+        from kairos.observability.logging import redact
+
+        print(f"cache purge failed: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    print(f"purged {removed} cached URL(s)" + (f" of route {args.route}" if args.route else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kairos", description="kairos API gateway")
     parser.add_argument("--version", action="version", version=f"kairos {__version__}")
@@ -254,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+
+    cache = sub.add_parser("cache", help="operate on the response cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    purge = cache_sub.add_parser("purge", help="remove cached responses from the Redis cache backend")
+    purge.add_argument("path", metavar="CONFIG")
+    purge.add_argument("--route", help="only this route (its external_path)")
+    purge.set_defaults(func=cmd_cache_purge)
     return parser
 
 

@@ -18,14 +18,19 @@ STATUS = {
     "bad_request": 400,
     "payload_too_large": 413,
     "header_too_large": 431,
+    "uri_too_long": 414,
     "authentication_error": 401,
     "rate_limit_exceeded": 429,
     "upstream": 502,
     "timeout": 504,
     "circuit_open": 503,
     "no_healthy_backend": 503,
+    "upstream_overloaded": 503,
     "forbidden": 403,
     "rate_limit_unavailable": 503,
+    "upgrade_required": 426,
+    "too_many_connections": 503,
+    "draining": 503,
     "internal": 500,
 }
 
@@ -59,7 +64,13 @@ async def send_error(
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Answer the request with a JSON error (HEAD gets the headers only)."""
+    """Answer the request with a JSON error (HEAD gets the headers only).
+
+    On a WebSocket upgrade the error is the handshake's HTTP response (the ASGI
+    `websocket.http.response` extension); a server without it can only refuse with 403.
+    The kind goes into scope["kairos.error"]: the access log writes it and counts it in
+    kairos_gateway_errors_total."""
+    scope["kairos.error"] = kind
     body = error_body(kind, message, scope.get("kairos.request_id", ""))
     raw = [
         (b"content-type", b"application/json"),
@@ -68,5 +79,12 @@ async def send_error(
     ]
     if headers:
         raw.extend(headers)
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        await send({"type": "websocket.http.response.start", "status": STATUS[kind], "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
     await send({"type": "http.response.start", "status": STATUS[kind], "headers": raw})
     await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})

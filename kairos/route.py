@@ -54,9 +54,10 @@ class CompiledRoute:
         self.read_timeout_s: float | None = (root.policy(config, "read_timeout_ms") / 1000) or None
         self.preserve_host = config.preserve_host
         # Request headers removed before forwarding (policy layers add to this at build time).
-        # forward_claims header names are set only by the gateway: a client's copy is dropped
-        # on every route (on a protected route, auth removes them before setting its own).
-        self.strip_headers: frozenset[bytes] = frozenset() if config.auth_required else claim_header_names(root)
+        # forward_claims header names are set only by the gateway: a client's copy (and one
+        # spelled with '_' for '-') is dropped on every route; auth's own values travel in
+        # scope["kairos.gateway_headers"] and are added after hop-by-hop processing.
+        self.strip_headers: frozenset[bytes] = claim_header_names(root)
         # None: exactly one upstream attempt (kairos-rs behaviour without a `retry` block).
         self.retry = RetryPolicy(config.retry, self.name) if config.retry is not None else None
         self.panic_mode = config.panic_mode

@@ -100,6 +100,7 @@ class Upstream:
     """A real HTTP upstream on 127.0.0.1 whose behaviour tests control."""
 
     host = "http://127.0.0.1"
+    address = "127.0.0.1"  # a subclass may listen on another loopback address (DNS discovery tests)
 
     def __init__(self, name: str = "upstream", *, port: int = 0, keepalive_timeout: float = 75.0):
         self.name = name
@@ -145,7 +146,7 @@ class Upstream:
             return self
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.address, self.port))
         sock.listen(512)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]

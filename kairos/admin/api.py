@@ -26,13 +26,13 @@ from starlette.staticfiles import StaticFiles
 
 from kairos import __version__
 from kairos.admin import schemas
-from kairos.admin.control import NotSupported, reload_counts
+from kairos.admin.control import reload_counts
 from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
-from kairos.admin.stats import StatsSampler
+from kairos.admin.stats import StatsSampler, read_sample, read_workers_sample
 from kairos.admin.store import ConfigStore
-from kairos.admin.tokens import FailureThrottle, Identity, TokenTable, bearer_token
+from kairos.admin.tokens import FailureThrottle, Identity, TokenSetupError, TokenTable, bearer_token
 from kairos.config import ConfigError, parse_config
 from kairos.errors import rfc3339_now
 from kairos.middleware.request_id import RequestID
@@ -47,7 +47,7 @@ CSP = (
 STATUS_KIND = {
     400: "bad_request", 401: "authentication_error", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     412: "precondition_failed", 422: "invalid_config", 428: "precondition_required", 429: "rate_limit_exceeded",
-    500: "internal", 501: "not_supported",
+    500: "internal", 501: "not_supported", 502: "upstream",
 }
 
 
@@ -87,10 +87,11 @@ class AdminState:
         history = control.config.admin.history_size
         self.store = ConfigStore(config_path, history) if config_path else None
         self.tokens = tokens
+        self.tokens_from = control.config.admin
         self.throttle = throttle or FailureThrottle()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
-        self.sampler = StatsSampler()
+        self.sampler = StatsSampler(read_workers_sample if control.mode == "workers" else read_sample)
         self.sampler.routes = self.route_keys
 
     def route_keys(self) -> list[tuple[str, str, list[str]]]:
@@ -99,6 +100,18 @@ class AdminState:
             methods = list(rc.methods) + (["HEAD"] if "GET" in rc.methods and "HEAD" not in rc.methods else [])
             out.append((route_id(rc.model_dump(exclude_none=True)), rc.external_path, methods))
         return out
+
+    def current_tokens(self) -> TokenTable:
+        """The tokens of the running config: a reload that rotates a token (in the file, or its
+        environment variable's value at the next start) takes effect without a restart."""
+        admin = self.control.config.admin
+        if admin != self.tokens_from:
+            try:
+                self.tokens = TokenTable.from_config(admin)
+            except TokenSetupError as exc:
+                log_event("admin_tokens_kept", logging.ERROR, reason=str(exc))
+            self.tokens_from = admin
+        return self.tokens
 
     def need_store(self) -> ConfigStore:
         if self.store is None:
@@ -170,16 +183,23 @@ async def change(request: Request, state: AdminState, who: Identity, action: str
         except Exception as exc:
             raise Problem(422, "the change does not compile",
                           problems=[redact(f"{exc.__class__.__name__}: {exc}")]) from None
+        summary = summarize(current, new)
         try:
             store.ensure_initial(raw, current)
+        except OSError as exc:  # the history is a convenience: it never blocks a change
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
+        try:
             data = store.write(new)
         except OSError as exc:
             state.control.revert(old_config)
             log_event("admin_write_failed", logging.ERROR, path=str(store.path), error=str(exc))
             raise Problem(500, f"the config file could not be written ({exc.strerror}); the previous config stays live") from None
         state.control.written(hashlib.sha256(data).digest())
-        summary = summarize(current, new)
-        version = store.record(new, who.name, {"action": action, **summary}, data)
+        try:
+            version: int | None = store.record(new, who.name, {"action": action, **summary}, data)
+        except OSError as exc:
+            version = None
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
         state.last_change = {"time": time.time(), "actor": who.name, "result": "applied", "version": version}
         log_event("audit", actor=who.name, role=who.role, action=action, version=version, etag=etag_of(data), **summary)
     result = {"etag": etag_of(data), "version": version, "summary": summary}
@@ -205,6 +225,7 @@ def build_operations(state: AdminState) -> list[Operation]:
             "config_source": state.config_path,
             "config_digest": store.etag().strip('"') if store else "",
             "reloads": reload_counts(),
+            "last_reload": control.last_reload,
             "last_change": state.last_change,
         })
 
@@ -279,23 +300,23 @@ def build_operations(state: AdminState) -> list[Operation]:
         return await change(request, state, who, "add_route", edit, 201, lambda new: route_id(new["routers"][-1]))
 
     def route_edit(request: Request, make: Callable[[dict[str, Any]], dict[str, Any] | None]):
+        """An edit replacing (or, when `make` returns None, removing) the route of the path's id,
+        and a function telling the replaced route's id afterwards (a new path or methods give a new one)."""
         rid = request.path_params["id"]
-        holder: dict[str, int] = {}
+        replaced: list[dict[str, Any]] = []
 
         def edit(current: dict[str, Any]) -> dict[str, Any]:
             i = route_index(current, rid)
-            holder["i"] = i
             replacement = make(current["routers"][i])
             if replacement is None:
                 del current["routers"][i]
             else:
                 current["routers"][i] = replacement
+                replaced.append(replacement)
             return current
 
         def new_id(new: dict[str, Any]) -> str | None:
-            routers = new.get("routers", [])
-            i = holder.get("i", -1)
-            return route_id(routers[i]) if 0 <= i < len(routers) and len(routers) else None
+            return route_id(replaced[0]) if replaced else None
 
         return edit, new_id
 
@@ -325,10 +346,7 @@ def build_operations(state: AdminState) -> list[Operation]:
 
     async def drain_op(request: Request, who: Identity, on: bool) -> Response:
         address = find_backend(request.path_params["backend"])
-        try:
-            control.drain(address, on)
-        except NotSupported as exc:
-            raise Problem(501, str(exc)) from None
+        control.drain(address, on)
         log_event("audit", actor=who.name, role=who.role, action="drain" if on else "undrain", backend=address)
         row = next(r for r in control.clusters() if r["address"] == address)
         return json_response(row)
@@ -358,14 +376,33 @@ def build_operations(state: AdminState) -> list[Operation]:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
+    async def purge_cache(request: Request, who: Identity) -> Response:
+        route = request.query_params.get("route")
+        prefix = request.query_params.get("prefix")
+        path = None
+        if route is not None:
+            for rid, external, _ in state.route_keys():
+                if route in (rid, external):
+                    path = external
+                    break
+            else:
+                raise Problem(404, f"no route '{route}' (give its id or its external_path)")
+        if prefix is not None and not prefix.startswith("/"):
+            raise Problem(400, "prefix is a request path prefix and starts with '/'")
+        try:
+            result = await control.purge_cache(path, prefix)
+        except Exception as exc:  # a Redis store down: say so, precisely and without its password
+            raise Problem(502, "cache purge failed: " + redact(f"{exc.__class__.__name__}: {exc}")) from None
+        log_event("audit", actor=who.name, role=who.role, action="purge_cache", route=path, prefix=prefix,
+                  removed=result["removed"])
+        return json_response(result)
+
     async def match(request: Request, who: Identity) -> Response:
         body = await json_object(request)
         try:
             req = schemas.MatchRequest.model_validate(body)
         except ValueError as exc:
             raise Problem(400, "give {\"method\": \"GET\", \"url\": \"/path?query\"}: " + str(exc).splitlines()[0]) from None
-        if not req.method.isalpha() or len(req.method) > 16:
-            raise Problem(400, "method must be an HTTP method name")
         return json_response(match_request(control.config, req.method, req.url))
 
     async def get_openapi(request: Request, who: Identity) -> Response:
@@ -379,7 +416,8 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("GET", "/admin/whoami", whoami, "the token's name and role", S.Whoami),
         Operation("GET", "/admin/openapi.json", get_openapi, "this document", extra={"schema": {"type": "object"}}),
         Operation("GET", "/admin/config", get_config, "the config file, secrets redacted; ETag header",
-                  extra={"schema": config_ref}),
+                  extra={"schema": {"type": "object", "description": "the config document (GatewayConfig's shape) "
+                                    "with every secret replaced by \"***\""}}),
         Operation("PUT", "/admin/config", put_config, "replace the whole config", S.ChangeResult, write=True,
                   if_match=True, statuses=(400, 404), extra={"body_ref": config_ref}),
         Operation("POST", "/admin/config/validate", validate_config, "dry run: the problem list of `kairos validate`",
@@ -403,13 +441,18 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("GET", "/admin/clusters", get_clusters, "every backend: health, breaker, ejection, in-flight, weights",
                   S.BackendState, response_list=True),
         Operation("POST", "/admin/clusters/{backend:path}/drain", drain, "no new requests; in-flight ones finish",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("POST", "/admin/clusters/{backend:path}/undrain", undrain, "back in rotation",
-                  S.BackendState, write=True, statuses=(404, 501)),
+                  S.BackendState, write=True, statuses=(404,)),
         Operation("GET", "/admin/stats", get_stats, "per route: requests/s, error rate, p50/p95/p99 over 1 and 5 min",
                   S.Stats),
         Operation("GET", "/admin/stats/stream", stats_stream, "the same as server-sent events, every second",
                   content_type="text/event-stream", extra={"schema": {"type": "string"}}),
+        Operation("DELETE", "/admin/cache", purge_cache, "remove cached responses: all, ?route= (id or external_path), ?prefix=",
+                  S.PurgeResult, write=True, statuses=(400, 404, 502),
+                  extra={"query": [{"name": "route", "in": "query", "required": False, "schema": {"type": "string"}},
+                                   {"name": "prefix", "in": "query", "required": False,
+                                    "schema": {"type": "string", "pattern": "^/"}}]}),
         Operation("POST", "/admin/match", match, "method + URL -> route, backends, policies", S.MatchResult,
                   statuses=(400,), body=S.MatchRequest),
     ]
@@ -444,7 +487,7 @@ def guarded(state: AdminState, op: Operation):
             token = bearer_token(request.headers)
             if token is None:
                 raise Problem(401, "send 'Authorization: Bearer <token>'")
-            who = state.tokens.identify(token)
+            who = state.current_tokens().identify(token)
             if who is None:
                 state.throttle.failed(client)
                 raise Problem(401, "unknown token")

@@ -41,6 +41,15 @@ def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
 
+# Header edits ({"name", "value"}, e.g. request_transformation.headers) whose header carries a credential.
+_SECRET_HEADER = re.compile(r"(authorization|cookie|token|secret|api[_-]?key|password|signature)", re.I)
+
+
+def _secret_header(item: dict[str, Any]) -> bool:
+    name = item.get("name")
+    return isinstance(name, str) and "value" in item and bool(_SECRET_HEADER.search(name))
+
+
 def _secret_value(key: str, value: Any, parent_key: str) -> bool:
     if not _SECRET_KEY.search(key):
         return False
@@ -54,13 +63,15 @@ def redacted(value: Any, key: str = "") -> Any:
         for k, v in value.items():
             if _secret_value(str(k), v, key):
                 out[k] = REDACTED
-            elif isinstance(v, dict) and v.get("secret") is True and "value" in v:
-                out[k] = {**redacted(v, str(k)), "value": REDACTED}  # a header value marked secret
+            elif isinstance(v, dict) and (v.get("secret") is True or _secret_header(v)) and isinstance(v.get("value"), str):
+                out[k] = {**redacted(v, str(k)), "value": REDACTED}  # a credential header's value
             else:
                 out[k] = redacted(v, str(k))
         return out
     if isinstance(value, list):
-        return [redacted(v, key) for v in value]
+        return [{**redacted(v, key), "value": REDACTED}
+                if isinstance(v, dict) and _secret_header(v) and isinstance(v.get("value"), str) else redacted(v, key)
+                for v in value]
     if isinstance(value, str):
         return redact(value)
     return value
@@ -82,7 +93,15 @@ def restore_secrets(new: Any, current: Any) -> Any:
         return out
     if isinstance(new, list):
         cur_list = current if isinstance(current, list) else []
-        return [restore_secrets(v, cur_list[i] if i < len(cur_list) else None) for i, v in enumerate(new)]
+        by_name = {c.get("name"): c for c in cur_list if isinstance(c, dict) and isinstance(c.get("name"), str)}
+        out_list = []
+        for i, v in enumerate(new):
+            # Named entries (header edits) pair by name, so reordering them keeps each secret with its header.
+            if isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] in by_name:
+                out_list.append(restore_secrets(v, by_name[v["name"]]))
+            else:
+                out_list.append(restore_secrets(v, cur_list[i] if i < len(cur_list) else None))
+        return out_list
     if isinstance(new, str) and "***" in new and isinstance(current, str):
         if new == REDACTED or new == redact(current):
             return current

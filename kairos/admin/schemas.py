@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kairos import __version__
 from kairos.config.models import GatewayConfig, RouterConfig
@@ -44,6 +44,13 @@ class LastChange(Out):
     version: int | None = None
 
 
+class LastReload(Out):
+    time: float
+    trigger: str
+    result: Literal["success", "error"]
+    problems: list[str] | None = None
+
+
 class Status(Out):
     version: str
     uptime_seconds: float
@@ -53,6 +60,7 @@ class Status(Out):
     config_source: str | None
     config_digest: str
     reloads: ReloadCounts
+    last_reload: LastReload | None = None
     last_change: LastChange | None = None
 
 
@@ -65,7 +73,7 @@ class Summary(Out):
 
 class ChangeResult(Out):
     etag: str
-    version: int
+    version: int | None  # None: live and written, but the history could not be kept (logged)
     summary: Summary
     route_id: str | None = None
 
@@ -134,10 +142,15 @@ class Stats(Out):
     routes: list[RouteStats]
 
 
+class PurgeResult(Out):
+    removed: int
+    stores: str
+
+
 class MatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: str
-    url: str
+    method: str = Field(pattern=r"^[A-Za-z]{1,16}$")
+    url: str = Field(min_length=1, max_length=8192)
 
 
 class MatchResult(Out):
@@ -182,7 +195,7 @@ ERRORS = {
     404: "no such route, version or backend", 412: "If-Match does not match the config's current ETag",
     422: "the change does not validate (problems listed with their JSON paths)",
     428: "If-Match is required for writes", 429: "too many failed authentications from this client",
-    501: "not available in this mode",
+    502: "a cache store (Redis) failed",
 }
 
 

@@ -15,7 +15,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from kairos.observability import metrics
@@ -34,17 +34,44 @@ class Sample:
         self.buckets: dict[Key, dict[float, float]] = {}
 
 
-def _families() -> Iterable[Any]:
-    if metrics.multiprocess_dir():
-        from prometheus_client import multiprocess
-
-        return multiprocess.MultiProcessCollector(None).collect()
-    return [*metrics.REQUESTS.collect(), *metrics.REQUEST_DURATION.collect()]
-
-
 def read_sample(t: float | None = None) -> Sample:
+    """This process's own series (one gateway process, whatever its metrics storage)."""
+    return _from_process(t)
+
+
+def read_workers_sample(t: float | None = None) -> Sample:
+    """Every worker's series (the supervisor of `--workers N`)."""
+    return _from_collector(t)
+
+
+def _from_process(t: float | None) -> Sample:
+    """This process's metric children read directly: the sampler shares the gateway's event loop,
+    and going through `collect()` cost ~10x more (66 ms against 6 ms per read with 100 routes on
+    a loaded 2-core machine), a pause every second for every proxied request."""
     sample = Sample(time.monotonic() if t is None else t)
-    for family in _families():
+    counts, errors = sample.counts, sample.errors
+    for (route, method, status), child in list(metrics.REQUESTS._metrics.items()):
+        key = (route, method)
+        value = child._value.get()
+        counts[key] = counts.get(key, 0.0) + value
+        if status.startswith("5"):
+            errors[key] = errors.get(key, 0.0) + value
+    for (route, method), child in list(metrics.REQUEST_DURATION._metrics.items()):
+        total = 0.0
+        buckets: dict[float, float] = {}
+        for bound, value in zip(child._upper_bounds, child._buckets):
+            total += value.get()
+            buckets[bound] = total
+        sample.buckets[(route, method)] = buckets
+    return sample
+
+
+def _from_collector(t: float | None) -> Sample:
+    """Every worker's series, summed from the shared prometheus directory (runs in the supervisor)."""
+    from prometheus_client import multiprocess
+
+    sample = Sample(time.monotonic() if t is None else t)
+    for family in multiprocess.MultiProcessCollector(None).collect():
         if family.name == "kairos_requests":
             for s in family.samples:
                 if not s.name.endswith("_total"):
@@ -126,13 +153,11 @@ class StatsSampler:
         if not self.samples:
             self.samples.append(self.read())
         newest = self.samples[-1]
+        olds = {f"{window // 60}m": self._older(window) for window in WINDOWS}
         routes = []
         for rid, path, methods in self.routes():
             keys = [(path, m) for m in methods]
-            windows = {}
-            for window in WINDOWS:
-                old = self._older(window)
-                windows[f"{window // 60}m"] = _window(newest, old, keys)
+            windows = {name: _window(newest, old, keys) for name, old in olds.items()}
             routes.append({"id": rid, "external_path": path, "methods": methods, "windows": windows})
         return {"time": time.time(), "routes": routes}
 

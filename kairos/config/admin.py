@@ -13,23 +13,16 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator, model_validator
+
+from kairos.config.block import Block, problem
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
-def _problem(message: str) -> PydanticCustomError:
-    return PydanticCustomError("kairos", message)
-
-
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AdminToken(_Block):
+class AdminToken(Block):
     name: str
     role: Literal["admin", "viewer"]
     token_sha256: str | None = None
@@ -39,27 +32,27 @@ class AdminToken(_Block):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _TOKEN_NAME.match(value):
-            raise _problem("letters, digits and . _ @ - only (1-64 characters)")
+            raise problem("letters, digits and . _ @ - only (1-64 characters)")
         return value
 
     @field_validator("token_sha256")
     @classmethod
     def _sha(cls, value: str | None) -> str | None:
         if value is not None and not _SHA256.match(value):
-            raise _problem("must be the token's SHA-256 as 64 hex digits (printf %s TOKEN | sha256sum)")
+            raise problem("must be the token's SHA-256 as 64 hex digits (printf %s TOKEN | sha256sum)")
         return value.lower() if value else value
 
     @field_validator("token_env")
     @classmethod
     def _env(cls, value: str | None) -> str | None:
         if value is not None and not _ENV_NAME.match(value):
-            raise _problem("must be an environment variable name")
+            raise problem("must be an environment variable name")
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> AdminToken:
         if (self.token_sha256 is None) == (self.token_env is None):
-            raise _problem("give exactly one of 'token_sha256' or 'token_env' (never the token itself)")
+            raise problem("give exactly one of 'token_sha256' or 'token_env' (never the token itself)")
         return self
 
 
@@ -72,7 +65,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class AdminConfig(_Block):
+class AdminConfig(Block):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 5901
@@ -85,14 +78,14 @@ class AdminConfig(_Block):
     @classmethod
     def _port(cls, value: int) -> int:
         if not 1 <= value <= 65535:
-            raise _problem("must be 1-65535")
+            raise problem("must be 1-65535")
         return value
 
     @field_validator("history_size")
     @classmethod
     def _history(cls, value: int) -> int:
         if not 1 <= value <= 1000:
-            raise _problem("must be 1-1000")
+            raise problem("must be 1-1000")
         return value
 
     @model_validator(mode="after")
@@ -100,12 +93,12 @@ class AdminConfig(_Block):
         if not self.enabled:
             return self
         if not self.tokens:
-            raise _problem("enabled without any token: add tokens [{name, role, token_sha256 | token_env}]")
+            raise problem("enabled without any token: add tokens [{name, role, token_sha256 | token_env}]")
         names = [t.name for t in self.tokens]
         if len(set(names)) != len(names):
-            raise _problem("token names must be unique")
+            raise problem("token names must be unique")
         if not is_loopback(self.host) and not self.public:
-            raise _problem(
+            raise problem(
                 f"host '{self.host}' is not a loopback address: put TLS in front of the admin listener "
                 "and acknowledge it with \"public\": true"
             )

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kairos.config.models import RESERVED_PATHS, GatewayConfig, RouterConfig
 from kairos.routing import Router, parse_pattern
+from kairos.transform.config import route_problems as transformation_problems
 
 DEFAULT_CONFIG_PATH = "./config.json"
 ENV_PREFIX = "KAIROS_"
@@ -287,12 +288,17 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in _keys(model):
             return []
-        model = _model_of(model.model_fields[part].annotation)
+        model = _model_of(_keys(model)[part].annotation)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return list(_keys(model))
     return []
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the key written in the config (its alias, e.g. 'json', 'from')."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -318,6 +324,12 @@ def cross_checks(config: GatewayConfig) -> list[str]:
             if r.name in seen:
                 problems.append(f"routers[{i}].name: '{r.name}' is already the name of routers[{seen[r.name]}]")
             seen.setdefault(r.name, i)
+    for i, r in enumerate(config.routers):
+        if r.request_transformation is not None or r.response_transformation is not None:
+            problems += transformation_problems(
+                f"routers[{i}]", r.request_transformation, r.response_transformation,
+                parse_pattern(r.external_path).param_names, r.auth_required,
+            )
     return problems
 
 

@@ -24,8 +24,16 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.cache import CacheConfig
+from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
+from kairos.config.connection_pool import ConnectionPoolConfig
+from kairos.config.origins import check_origins
+from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
+from kairos.transform.config import RequestTransformation, ResponseTransformation
+from kairos.tracing.config import TracingConfig
+from kairos.websocket.settings import WebSocketConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -117,6 +125,9 @@ class ServerConfig(Model):
     # Request header limits (431 beyond them; 0 = no limit): Envoy's and nginx's usual sizes.
     max_headers: NonNegativeInt = 100
     max_header_bytes: NonNegativeInt = 32768
+    # Upstream response head limits (502 beyond them).
+    max_upstream_header_bytes: PositiveInt = 65536
+    max_upstream_headers: PositiveInt = 100
     # A request head (line + headers) must arrive within this, or the connection is closed
     # (nginx's client_header_timeout); 0 = no limit. Bodies and idle keep-alive: separate.
     request_header_timeout_ms: NonNegativeInt = 10000
@@ -292,7 +303,6 @@ class OutlierDetectionConfig(Model):
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
-_ORIGIN = re.compile(r"^[a-z][a-z0-9+.\-]*://(\*\.)?[A-Za-z0-9\-.\[\]:]+?(:(\d{1,5}|\*))?$")
 
 
 class SecurityHeadersConfig(Model):
@@ -334,15 +344,7 @@ class CorsConfig(Model):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if origin in ("*", "null"):
-                continue
-            if not _ORIGIN.match(origin):
-                raise problem(
-                    f"'{origin}' is not an origin: write scheme://host[:port] without a path "
-                    "('*' as a whole subdomain part or port is allowed: https://*.example.com, http://localhost:*)"
-                )
-        return value
+        return check_origins(value)
 
     @field_validator("allowed_methods")
     @classmethod
@@ -372,7 +374,15 @@ def _methods(value: list[str]) -> list[str]:
     return [one_of(method.upper(), HTTP_METHODS, "method") for method in value]
 
 
+def _plain_ascii(value: str, what: str) -> None:
+    """Refuse what could never be written into an HTTP/1.1 request line or Host header."""
+    if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+        raise problem(f"{what} {value!r} has a control character, a space or a non-ASCII character"
+                      " (percent-encode paths; write IDN hosts in their xn-- form)")
+
+
 def _backend_host(value: str) -> str:
+    _plain_ascii(value, "host")
     scheme, sep, rest = value.partition("://")
     if not sep:
         raise problem(f"'{value}' has no scheme: write it as http://{value}")
@@ -413,6 +423,9 @@ _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+_HTTP_BODY_BLOCKS = ("compression", "cache", "request_transformation", "response_transformation")
+
+
 class RouterConfig(Model):
     # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
     name: str | None = None
@@ -437,12 +450,19 @@ class RouterConfig(Model):
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
     rate_limit: RateLimitConfig | None = None
+    connection_pool: ConnectionPoolConfig | None = None
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     # Router-only keys.
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
     panic_mode: bool = False
     hash_on: str | None = None
     preserve_host: bool = False
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
+    discovery: DiscoveryConfig | None = None
+    websocket: WebSocketConfig | None = None  # websocket routes only; overrides the top-level block
 
     @field_validator("name")
     @classmethod
@@ -463,6 +483,7 @@ class RouterConfig(Model):
     @field_validator("internal_path")
     @classmethod
     def _internal(cls, value: str, info: ValidationInfo) -> str:
+        _plain_ascii(value, "internal_path")
         external = info.data.get("external_path")
         if external is not None:  # None: external_path itself is invalid and reported
             try:
@@ -495,12 +516,25 @@ class RouterConfig(Model):
     @model_validator(mode="after")
     def _backend_form(self) -> RouterConfig:
         legacy = self.host is not None or self.port is not None
+        if self.discovery is not None and self.discovery.type == "dns_srv":
+            if legacy or self.backends is not None:
+                raise problem("with discovery type dns_srv the backends come from SRV records: remove 'backends'/'host'")
+            return self
         if legacy and self.backends is not None:
             raise problem("give either 'host'+'port' or 'backends', not both")
         if not legacy and not self.backends:
             raise problem("needs 'backends' (or the legacy 'host' and 'port')")
         if legacy and (self.host is None or self.port is None):
             raise problem("the legacy form needs both 'host' and 'port'")
+        if self.protocol == "websocket" and "GET" not in self.methods:
+            raise problem("a websocket route must allow GET (the upgrade is a GET request)")
+        if self.websocket is not None and self.protocol != "websocket":
+            raise problem("a 'websocket' block needs \"protocol\": \"websocket\"")
+        if self.protocol == "websocket":
+            # Layers that read or rewrite HTTP bodies are not in a websocket route's chain (layers.py).
+            unused = [k for k in _HTTP_BODY_BLOCKS if getattr(self, k) is not None]
+            if unused:
+                raise problem(f"{', '.join(unused)}: not applied on a websocket route (messages are relayed as they are)")
         return self
 
     @property
@@ -508,6 +542,8 @@ class RouterConfig(Model):
         """The backends, with the legacy `host`+`port` form as a single backend."""
         if self.backends is not None:
             return tuple(self.backends)
+        if self.host is None:
+            return ()  # dns_srv: discovered
         return (BackendConfig(host=self.host, port=self.port),)  # type: ignore[arg-type]
 
 
@@ -530,7 +566,20 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
+    connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
+    compression: CompressionConfig | None = None
+    cache: CacheConfig | None = None
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    discovery: DiscoveryConfig | None = None
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @field_validator("discovery")
+    @classmethod
+    def _discovery_default(cls, value: DiscoveryConfig | None) -> DiscoveryConfig | None:
+        if value is not None and value.type == "dns_srv":
+            raise problem("dns_srv names one service: set it on the router that uses it")
+        return value
 
     @field_validator("version")
     @classmethod

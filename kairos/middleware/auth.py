@@ -88,11 +88,14 @@ class Authenticate:
         scope["kairos.user"] = claims
         drop = self.drop
         if drop:
-            headers = [(n, v) for n, v in scope["headers"] if n not in drop]
+            scope["headers"] = [(n, v) for n, v in scope["headers"] if n not in drop]
+        if self.forward:
+            # Not in scope["headers"]: a client's `Connection: X-User-Id` must not be able to
+            # remove them. The proxy adds them after its hop-by-hop processing.
+            gateway_headers = scope.setdefault("kairos.gateway_headers", [])
             for claim, header in self.forward:
                 if claim in claims:
-                    headers.append((header, _header_value(claims[claim])))
-            scope["headers"] = headers
+                    gateway_headers.append((header, _header_value(claims[claim])))
         await self.app(scope, receive, send)
 
 

@@ -36,6 +36,45 @@ RETRIES = Counter("kairos_retries_total", "Retries made", ["route", "reason"])
 RATELIMITED = Counter("kairos_ratelimited_total", "Requests refused by rate limiting", ["route"])
 RATELIMIT_BACKEND_ERRORS = Counter("kairos_ratelimit_backend_errors_total", "Rate-limit storage failures")
 AUTH_FAILURES = Counter("kairos_auth_failures_total", "Rejected authentications", ["route", "reason"])
+UPSTREAM_CONNECTIONS_IN_USE = Gauge(
+    "kairos_upstream_connections_in_use", "Upstream connections carrying an exchange", ["backend"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_REQUESTS_PENDING = Gauge(
+    "kairos_upstream_requests_pending", "Requests waiting for an upstream connection", ["backend"],
+    multiprocess_mode="livesum",
+)
+CACHE_REQUESTS = Counter("kairos_cache_requests_total", "Requests seen by the response cache", ["route", "result"])
+CACHE_BYTES = Gauge("kairos_cache_bytes", "Bytes held by the in-process response cache", ["backend"],
+                    multiprocess_mode="livesum")
+CACHE_ENTRIES = Gauge("kairos_cache_entries", "Entries in the in-process response cache", ["backend"],
+                      multiprocess_mode="livesum")
+CACHE_EVICTIONS = Counter("kairos_cache_evictions_total", "Entries evicted to stay within memory_bytes", ["backend"])
+CACHE_BACKEND_ERRORS = Counter("kairos_cache_backend_errors_total", "Cache storage failures (requests bypassed)")
+GATEWAY_ERRORS = Counter(
+    "kairos_gateway_errors_total", "Answers the gateway gave itself (its JSON errors), by error kind", ["route", "kind"]
+)
+DISCOVERY_RESOLUTIONS = Counter("kairos_discovery_resolutions_total", "DNS discovery lookups", ["dns_name", "result"])
+DISCOVERY_CHANGES = Counter(
+    "kairos_discovery_membership_changes_total", "Backends added to or removed from a route by DNS discovery",
+    ["route", "change"],
+)
+DISCOVERY_ENDPOINTS = Gauge(
+    "kairos_discovery_endpoints", "Addresses in a name's last good DNS answer", ["dns_name"], multiprocess_mode="max"
+)
+WEBSOCKET_OPEN = Gauge(
+    "kairos_websocket_connections", "Open proxied WebSocket connections", ["route"], multiprocess_mode="livesum"
+)
+# Not kairos_websocket_connections_total: prometheus-client reserves that name for the gauge above.
+WEBSOCKET_UPGRADES = Counter(
+    "kairos_websocket_upgrades_total", "WebSocket upgrade requests by outcome", ["route", "outcome"]
+)
+WEBSOCKET_MESSAGES = Counter(
+    "kairos_websocket_messages_total", "Relayed WebSocket messages", ["route", "direction"]
+)
+WEBSOCKET_BYTES = Counter(
+    "kairos_websocket_bytes_total", "Relayed WebSocket payload bytes", ["route", "direction"]
+)
 
 
 # --------------------------------------------------------------------------- cached children
@@ -53,6 +92,16 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
         children = _requests[key] = (REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route, method))
     children[0].inc()
     children[1].observe(seconds)
+
+
+_gateway_errors: dict[tuple[str, str], Any] = {}
+
+
+def count_gateway_error(route: str, kind: str) -> None:
+    child = _gateway_errors.get((route, kind))
+    if child is None:
+        child = _gateway_errors[(route, kind)] = GATEWAY_ERRORS.labels(route, kind)
+    child.inc()
 
 
 class ActiveRequests:
@@ -76,6 +125,46 @@ class ActiveRequests:
             ACTIVE_REQUESTS.dec()
         else:
             self.n -= 1
+
+
+class PoolGauges:
+    """Connections in use and requests pending per upstream origin, read from the pool.
+
+    One process: read at scrape time (nothing per request). Several workers: each
+    worker writes its values to the shared files once a second."""
+
+    def __init__(self) -> None:
+        self.tracked: dict[str, tuple[Any, Any]] = {}
+        self._timer: Any = None
+
+    def track(self, label: str, in_use: Any, pending: Any) -> None:
+        """Report `label`'s values from these functions (replacing an earlier pool's)."""
+        self.tracked[label] = (in_use, pending)
+        if multiprocess_dir() is None:
+            UPSTREAM_CONNECTIONS_IN_USE.labels(label).set_function(in_use)
+            UPSTREAM_REQUESTS_PENDING.labels(label).set_function(pending)
+        elif self._timer is None:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        import asyncio
+
+        for label, (in_use, pending) in self.tracked.items():
+            UPSTREAM_CONNECTIONS_IN_USE.labels(label).set(in_use())
+            UPSTREAM_REQUESTS_PENDING.labels(label).set(pending())
+        try:
+            self._timer = asyncio.get_running_loop().call_later(1.0, self._refresh) if self.tracked else None
+        except RuntimeError:
+            self._timer = None
+
+    def drop(self, label: str) -> None:
+        if self.tracked.pop(label, None) is not None:
+            for gauge in (UPSTREAM_CONNECTIONS_IN_USE, UPSTREAM_REQUESTS_PENDING):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(label)
+
+
+POOL_GAUGES = PoolGauges()
 
 
 def observe_upstream(backend: str, seconds: float) -> None:

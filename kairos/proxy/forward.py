@@ -23,7 +23,8 @@ from kairos.proxy.exchange import EXCHANGE, has_body, response_headers, upstream
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.backend import Backend
 from kairos.upstream.breaker import OPEN, retry_after_header
-from kairos.upstream.client import Response, UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.client import PoolLimits, Response, UpstreamClient, UpstreamError, UpstreamTimeout
+from kairos.upstream.pool import pool_limits
 from kairos.upstream.retry import MIN_ATTEMPT_S
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ async def open_exchange(
     body: AsyncIterator[bytes] | bytes | None,
     timeout_s: float,
     connect_timeout_s: float | None,
+    limits: PoolLimits | None = None,
 ) -> Response:
     """Send the request and wait for the response headers, within `timeout_s` overall.
 
@@ -51,7 +53,7 @@ async def open_exchange(
         async with asyncio.timeout(timeout_s):
             response = await client.request(
                 backend.scheme, backend.connect_host, backend.port, scope["method"], path_and_query,
-                headers, body, connect_timeout_s,
+                headers, body, connect_timeout_s, limits,
             )
     except TimeoutError:
         raise UpstreamTimeout(f"no response from {backend.address} within {timeout_s * 1000:.0f} ms") from None
@@ -89,14 +91,18 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
     sent = 0
     watcher: asyncio.Task[None] | None = None
     try:
+        status = response.status
+        if not 100 <= status <= 599:  # uvicorn has no status line for it: the client would get nothing
+            response.abort()
+            raise GatewayError("upstream", "the upstream answered with an invalid status")
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status,
+                "status": status,
                 "headers": response_headers(response.raw_headers),
             }
         )
-        if scope["method"] == "HEAD":
+        if scope["method"] == "HEAD" or status in (204, 304):
             await send({"type": "http.response.body", "body": b""})
             return
         if receive is not None and _streams(response.raw_headers):
@@ -136,6 +142,12 @@ def upstream_failure(exc: UpstreamError, backend: Backend, scope: Scope) -> Gate
         return GatewayError("timeout", "connecting to the upstream timed out")
     if exc.kind == "connect":
         return GatewayError("upstream", "the upstream refused or could not be reached")
+    if exc.kind == "overloaded":
+        return GatewayError("upstream_overloaded", "too many requests are waiting for this upstream")
+    if exc.kind == "protocol":
+        return GatewayError("upstream", "the upstream sent an invalid response")
+    if exc.kind == "invalid_request":
+        return GatewayError("bad_request", "the request cannot be forwarded: a header or the target holds a control character")
     return GatewayError("upstream", "the upstream closed or reset the connection")
 
 
@@ -161,16 +173,14 @@ class Forwarder:
     deadline, a different backend per retry).
     """
 
-    __slots__ = ("route", "client", "balancer", "backends", "breakers", "outlier")
+    __slots__ = ("route", "client", "limits", "cluster", "outlier")
 
     def __init__(self, route: CompiledRoute, client: UpstreamClient) -> None:
         self.route = route
         self.client = client
-        cluster = route.cluster
-        self.balancer = cluster.balancer
-        self.backends = cluster.backends
-        self.breakers = cluster.breakers
-        self.outlier = cluster.outlier
+        self.limits = pool_limits(route.policy("connection_pool"))
+        self.cluster = route.cluster
+        self.outlier = route.cluster.outlier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.route
@@ -203,40 +213,58 @@ class Forwarder:
         On success the backend's in-flight count stays raised: the caller lowers it once the
         response is relayed or released. A transport failure raises AttemptFailed (recorded,
         in-flight count lowered); no usable backend raises the GatewayError to answer."""
-        i = self.balancer.pick_index(scope, exclude)
+        # Read once: DNS discovery replaces the balancer (with its members) as a whole.
+        balancer = self.cluster.balancer
+        i = balancer.pick_index(scope, exclude)
         if i < 0:
             raise self.unavailable()
         route = self.route
-        backend = self.backends[i]
-        breaker = self.breakers[i]
+        backend = balancer.backends[i]
+        breaker = balancer.breakers[i]
         headers = upstream_headers(scope, backend, route.preserve_host, route.strip_headers)
         scope["kairos.backend"] = backend.address
+        trace = scope.get("kairos.trace")  # set by the tracing layer: a client span per attempt
+        span = None
+        if trace is not None:
+            span = trace.attempt(scope["method"], backend.origin, backend.connect_host, backend.port, path, headers)
         gen = breaker.acquire()
         backend.in_flight += 1
         try:
             response = await open_exchange(
-                self.client, scope, backend, path, headers, body, timeout_s, route.connect_timeout_s
+                self.client, scope, backend, path, headers, body, timeout_s, route.connect_timeout_s, self.limits
             )
         except UpstreamError as exc:
             backend.in_flight -= 1
             self.failed(backend, breaker, gen, exc)
+            if span is not None:
+                trace.attempt_done(span, error=exc.kind)
             raise AttemptFailed(exc, backend, i) from None
-        except BaseException:
+        except BaseException as exc:
             backend.in_flight -= 1
             breaker.release(gen)
+            if span is not None:
+                trace.attempt_done(span, error=exc.__class__.__name__)
             raise
         self.answered(backend, breaker, gen, response.status)
+        if span is not None:
+            trace.attempt_done(span, response.status)
         return i, backend, response
 
     def target(self, scope: Scope) -> str:
-        """The upstream request target: internal_path with the raw params, the query unchanged."""
+        """The upstream request target: internal_path with the raw params, the query unchanged,
+        unless the transform layer rewrote them (scope["kairos.upstream_target"])."""
+        rewritten = scope.get("kairos.upstream_target")
+        if rewritten is not None:
+            return rewritten
         path = self.route.template.render(scope["kairos.params"])
         qs = scope.get("query_string")
         return path + "?" + qs.decode("latin-1") if qs else path
 
     # ------------------------------------------------------------------ outcomes
     def failed(self, backend: Backend, breaker: CircuitBreaker | NoBreaker, gen: int, exc: UpstreamError) -> None:
-        if exc.kind == "request_body":  # the client's body broke: not the backend's fault
+        if exc.kind in _NOT_THE_BACKENDS:
+            # The client's body broke, its request cannot be written, or our own queue for
+            # this backend is full: none of it says anything about the backend's health.
             breaker.release(gen)
             return
         count_upstream_error(backend.address, exc.kind)
@@ -258,7 +286,8 @@ class Forwarder:
         circuit_open, with Retry-After), or no healthy backend at all."""
         route = self.route
         waits = []
-        for backend, breaker in zip(self.backends, self.breakers):
+        cluster = self.cluster
+        for backend, breaker in zip(cluster.backends, cluster.breakers):
             if backend.available or route.panic_mode:
                 waits.append(breaker.retry_after_s() if breaker.state == OPEN else 1.0)
         if waits:
@@ -301,7 +330,7 @@ class Forwarder:
                     if holding_retry:
                         budget.release()
                         holding_retry = False
-                    if exc.kind == "request_body" or not policy.on_connection_error or attempt >= policy.max_retries:
+                    if exc.kind in _NEVER_RETRIED or not policy.on_connection_error or attempt >= policy.max_retries:
                         raise upstream_failure(exc, backend, scope) from None
                     if not (exc.never_sent or idempotent):
                         raise upstream_failure(exc, backend, scope) from None
@@ -348,6 +377,10 @@ class Forwarder:
             budget.requests -= 1
             if holding_retry:
                 budget.release()
+
+
+_NOT_THE_BACKENDS = frozenset({"request_body", "invalid_request", "overloaded"})
+_NEVER_RETRIED = frozenset({"request_body", "invalid_request"})
 
 
 def forward_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap:

@@ -43,7 +43,9 @@ class Backend:
         "_up",
     )
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, hostname: str | None = None) -> None:
+        """`hostname`: the name a DNS-discovered backend (config.host is its address) is known by;
+        it goes in the `Host` header."""
         self.address = config.address
         scheme, _, host = config.host.partition("://")
         # WebSocket backends are reached over HTTP(S) for the handshake.
@@ -54,7 +56,8 @@ class Backend:
         default_port = 443 if self.scheme == "https" else 80
         self.netloc = host if self.port == default_port else f"{host}:{self.port}"
         self.origin = f"{self.scheme}://{self.netloc}"
-        self.host_header = self.netloc.encode("idna" if not host.isascii() else "ascii")
+        named = self.netloc if hostname is None else hostname if self.port == default_port else f"{hostname}:{self.port}"
+        self.host_header = named.encode("idna" if not named.isascii() else "ascii")
         self.health_check_path = config.health_check_path
         self.in_flight = 0
         # Active health checking's verdict (True until probes say otherwise).

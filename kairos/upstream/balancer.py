@@ -45,9 +45,18 @@ class Balancer:
         self.weights = tuple(weights) if weights else (1,) * len(self.backends)
         self.breakers = tuple(breakers) if breakers is not None else (NO_BREAKER,) * len(self.backends)
         self.panic = panic
+        self.hash_on = hash_on
         self.clock = clock
         self.rng = rng or random.Random()
         self.n = len(self.backends)
+
+    def with_members(
+        self, backends: Sequence[Backend], weights: Sequence[int], breakers: Sequence[CircuitBreaker | NoBreaker]
+    ) -> Balancer:
+        """A balancer of the same kind and options over other members (DNS discovery)."""
+        return type(self)(
+            backends, weights, breakers=breakers, panic=self.panic, hash_on=self.hash_on, clock=self.clock, rng=self.rng
+        )
 
     def pick(self, scope: Scope) -> Backend | None:
         i = self.pick_index(scope)

@@ -3,14 +3,15 @@
 httpx's default transport (httpcore) was measured at ~1% of nginx's throughput
 here (its pool does O(N^2) work per request) and aiohttp's client capped the
 gateway well below what the server side could do, so connections are held by
-`h1.UpstreamPool`, a lean HTTP/1.1 pool written for a proxy: no cookie jar (a
-`Set-Cookie` for client A must never ride on client B's request), no automatic
-headers or decompression, no hidden retries.
+`pool.UpstreamPool` (HTTP/1.1 on `connection.Connection`), written for a proxy:
+no cookie jar (a `Set-Cookie` for client A must never ride on client B's
+request), no automatic headers or decompression, no hidden retries.
 
 Two ways in:
 
 * `UpstreamClient.request()` for the proxy's hot path (no `httpx.Request` /
-  `httpx.Response` objects built per request);
+  `httpx.Response` objects built per request; docs/performance.md has the
+  measurement that kept it);
 * `UpstreamClient.http`, an `httpx.AsyncClient` over `UpstreamTransport`, for
   everything that prefers httpx's API (health probes, JWKS fetches).
 
@@ -19,12 +20,12 @@ Both raise or map the same `UpstreamError` kinds.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Any
 
 import httpx
 
+from kairos.upstream.connection import MAX_HEADER_BYTES, MAX_HEADERS, Headers, Response
 from kairos.upstream.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -32,12 +33,11 @@ from kairos.upstream.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from kairos.upstream.h1 import Headers, Response, UpstreamPool
-
-KEEPALIVE_EXPIRY_S = 4.0
+from kairos.upstream.pool import DEFAULT_LIMITS, PoolLimits, UpstreamPool, pool_limits
+from kairos.upstream.transport import UpstreamTransport
 
 __all__ = [
-    "KEEPALIVE_EXPIRY_S",
+    "PoolLimits",
     "Response",
     "UpstreamClient",
     "UpstreamConnectError",
@@ -50,10 +50,21 @@ __all__ = [
 
 
 class UpstreamClient:
-    """Owns the connection pool; started by the app's lifespan, or lazily on first use."""
+    """Owns the connection pool; started by the app's lifespan, or lazily on first use.
 
-    def __init__(self, *, keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S) -> None:
-        self.keepalive_expiry_s = keepalive_expiry_s
+    `limits` apply to requests that name none (the httpx API, a route without its
+    own `connection_pool`); `configure()` changes them and the head bounds on reload."""
+
+    def __init__(
+        self,
+        *,
+        limits: PoolLimits = DEFAULT_LIMITS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_headers: int = MAX_HEADERS,
+    ) -> None:
+        self.limits = limits
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self._pool: UpstreamPool | None = None
         self.http = httpx.AsyncClient(transport=UpstreamTransport(self), follow_redirects=False, trust_env=False)
 
@@ -61,9 +72,37 @@ class UpstreamClient:
     def started(self) -> bool:
         return self._pool is not None
 
+    @property
+    def pool(self) -> UpstreamPool | None:
+        return self._pool
+
     async def start(self) -> None:
         if self._pool is None:
-            self._pool = UpstreamPool(self.keepalive_expiry_s)
+            self._pool = UpstreamPool(
+                limits=self.limits, max_header_bytes=self.max_header_bytes, max_headers=self.max_headers
+            )
+
+    def configure(self, limits: PoolLimits, max_header_bytes: int, max_headers: int) -> None:
+        self.limits = limits
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        pool = self._pool
+        if pool is not None:
+            pool.limits = limits
+            pool.max_header_bytes = max_header_bytes
+            pool.max_headers = max_headers
+
+    def apply(self, config: Any) -> None:
+        """Take a GatewayConfig's `connection_pool` defaults and `server.max_upstream_*` bounds."""
+        self.configure(
+            pool_limits(config.connection_pool), config.server.max_upstream_header_bytes,
+            config.server.max_upstream_headers,
+        )
+
+    def retain(self, origins: set[tuple[str, str, int]]) -> None:
+        """Close idle connections to every origin not in `origins` (after a reload)."""
+        if self._pool is not None:
+            self._pool.retain(origins)
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -80,6 +119,8 @@ class UpstreamClient:
         headers: Headers,
         body: AsyncIterable[bytes] | bytes | None = None,
         connect_timeout: float | None = None,
+        limits: PoolLimits | None = None,
+        upgrade: bool = False,
     ) -> Response:
         """Send one request; the response's body is still unread (stream it, then release())."""
         pool = self._pool
@@ -88,60 +129,6 @@ class UpstreamClient:
             await self.start()
             pool = self._pool
             assert pool is not None
-        return await pool.request(scheme, host, port, method, target, headers, body, connect_timeout)
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, response: Response) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            while chunk := await self._response.read():
-                yield chunk
-        except UpstreamError as exc:
-            raise httpx.ReadError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        self._response.release()
-
-
-class UpstreamTransport(httpx.AsyncBaseTransport):
-    """httpx's transport API over the gateway's pool."""
-
-    def __init__(self, client: UpstreamClient) -> None:
-        self._client = client
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        url = request.url
-        scheme = url.scheme
-        port = url.port or (443 if scheme == "https" else 80)
-        body = await request.aread()  # probes and key fetches: small bodies, if any
-        headers = [(k.lower(), v) for k, v in request.headers.raw]
-        if request.method not in ("GET", "HEAD") and not any(k == b"content-length" for k, _ in headers):
-            headers.append((b"content-length", str(len(body)).encode()))
-        read_timeout = timeouts.get("read")
-        try:
-            async with asyncio.timeout(read_timeout):
-                response = await self._client.request(
-                    scheme, url.host, port, request.method, url.raw_path.decode("ascii"), headers,
-                    body or None, timeouts.get("connect"),
-                )
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("upstream timed out", request=request) from exc
-        except UpstreamConnectTimeout as exc:
-            raise httpx.ConnectTimeout(str(exc), request=request) from exc
-        except UpstreamConnectError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except UpstreamError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_ResponseStream(response),
-            extensions={"http_version": b"HTTP/1.1"},
+        return await pool.request(
+            scheme, host, port, method, target, headers, body, connect_timeout, limits, upgrade
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -34,6 +34,19 @@ class Cluster:
         self.breakers = tuple(breakers) if breakers is not None else balancer.breakers
         self.outlier = outlier
 
+    def replace_members(
+        self, backends: Sequence[Backend], weights: Sequence[int], breakers: Sequence[CircuitBreaker | NoBreaker]
+    ) -> None:
+        """New members (DNS discovery). A request reads `cluster.balancer` once and takes the
+        backend and breaker at the picked index from that balancer, so it never mixes two
+        member lists; backends that stay are the same objects, with their state."""
+        self.backends = tuple(backends)
+        self.weights = tuple(weights)
+        self.breakers = tuple(breakers)
+        if self.outlier is not None:
+            self.outlier.backends = self.backends
+        self.balancer = self.balancer.with_members(self.backends, self.weights, self.breakers)
+
 
 def forget_backends(addresses: set[str]) -> None:
     """Drop the per-backend gauges of backends a reload removed (no stale series).

@@ -88,7 +88,8 @@ class HealthChecker:
         self.timeout_s = cfg.timeout_ms / 1000
         self.ranges = cfg.status_ranges()
         self.url = spec.backend.origin + spec.path
-        self.headers = {"host": spec.backend.netloc, "user-agent": "kairos-health-check", "connection": "keep-alive"}
+        host = spec.backend.host_header.decode("ascii")  # a discovered backend is probed by its name
+        self.headers = {"host": host, "user-agent": "kairos-health-check", "connection": "keep-alive"}
 
     async def probe(self) -> tuple[bool, str]:
         try:

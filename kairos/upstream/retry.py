@@ -19,7 +19,7 @@ MIN_ATTEMPT_S = 0.01
 
 # RFC 9110 9.2.2: retrying these cannot repeat a side effect the client did not ask for twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-RETRY_REASONS = ("status", "connect", "connect_timeout", "timeout", "reset")
+RETRY_REASONS = ("status", "connect", "connect_timeout", "timeout", "reset", "protocol", "overloaded")
 
 
 def backoff_delay(n: int, initial_s: float, multiplier: float, max_s: float, jitter: bool,

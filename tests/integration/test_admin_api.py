@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from admin_support import (
-    ADMIN_TOKEN, SECRETS, VIEWER_TOKEN, admin_client, start_admin_gateway, with_secrets,
+    ADMIN_TOKEN, SECRETS, VIEWER_TOKEN, admin_client, sha, start_admin_gateway, with_secrets,
 )
 from ops_helpers import config, route
 
@@ -118,6 +118,7 @@ def test_writes_need_if_match_validate_compile_swap_write_atomically_and_roll_ba
         r = admin.put("/admin/config", json=doc, headers={"if-match": etag})
         assert r.status_code == 200, r.text
         assert r.json()["summary"]["routes_changed"] == ["users"]
+        assert admin.get("/admin/status").json()["last_reload"]["trigger"] == "admin"
         assert proxy.get("/api/1").headers["x-upstream"] == b.name  # live at once, no reload wait
         st = gw.config_path.stat()
         assert st.st_ino != inode and stat.S_IMODE(st.st_mode) == 0o640  # renamed over, mode kept
@@ -155,6 +156,15 @@ def test_writes_need_if_match_validate_compile_swap_write_atomically_and_roll_ba
     audit = [r for r in gw.log_records() if r.get("event") == "audit"]
     assert len(audit) == 5 and audit[-1]["action"] == "rollback to version 1"
 
+    # A token rotated in the file works after the reload; the old one no longer does.
+    rotated = json.loads(gw.config_path.read_text())
+    rotated["admin"]["tokens"][1]["token_sha256"] = sha("rotated-viewer-token-0123456789")
+    gw.rewrite_config(rotated)
+    gw.wait_for_log(lambda rec: rec.get("event") == "config_reloaded" and rec.get("trigger") == "file")
+    with admin_client(gw, "rotated-viewer-token-0123456789") as new, admin_client(gw, VIEWER_TOKEN) as old:
+        assert new.get("/admin/status").status_code == 200
+        assert old.get("/admin/status").status_code == 401
+
 
 def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make_upstream):
     a, b = make_upstream(2)
@@ -163,7 +173,8 @@ def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make
     api = route(a, name="api")
     api["backends"] = [a.backend(), b.backend()]
     errors = route(a, name="errors", external="/err", internal="/status/500", methods=["GET"])
-    gw = start_admin_gateway(gateway, config(api, slow, errors))
+    cached = route(a, name="cached", external="/c/{id}", methods=["GET"], cache={"enabled": True, "ttl_secs": 60})
+    gw = start_admin_gateway(gateway, config(api, slow, errors, cached))
     with admin_client(gw) as admin, httpx.Client(base_url=gw.url, trust_env=False, timeout=10) as proxy:
         results: list[int] = []
         t = threading.Thread(target=lambda: results.append(proxy.get("/slow?ms=800").status_code))
@@ -183,6 +194,18 @@ def test_drain_lets_in_flight_finish_and_stats_count_known_traffic(gateway, make
         assert admin.post(f"/admin/clusters/{busy['address'].partition('://')[2]}/undrain").json()["drained"] is False
         assert len({proxy.get(f"/api/{i}").headers["x-upstream"] for i in range(6)}) == 2
         assert admin.post("/admin/clusters/10.9.9.9:1/drain").status_code == 404
+
+        # Cache purge: by route id, by path prefix; an unknown route is a 404.
+        for _ in range(2):
+            last = proxy.get("/c/1")
+        assert last.headers["x-cache"] == "HIT"
+        r = admin.delete("/admin/cache", params={"route": "cached"})
+        assert r.status_code == 200 and r.json()["removed"] == 1
+        assert proxy.get("/c/1").headers["x-cache"] == "MISS"
+        assert admin.delete("/admin/cache", params={"prefix": "/c/"}).json()["removed"] == 1
+        assert admin.delete("/admin/cache", params={"route": "nope"}).status_code == 404
+        with admin_client(gw, VIEWER_TOKEN) as viewer:
+            assert viewer.delete("/admin/cache").status_code == 403
 
         for i in range(20):
             assert proxy.get(f"/api/{i}").status_code == 200
@@ -224,26 +247,50 @@ def test_one_admin_port_for_several_workers(gateway, make_upstream):
             assert time.monotonic() < deadline, gw.output()
             time.sleep(0.1)
         assert {proxy.get(f"/api/{i}").headers["x-upstream"] for i in range(20)} == {b.name}
-        assert admin.post(f"/admin/clusters/127.0.0.1:{b.port}/drain").status_code == 501
+        etag = r.headers["etag"]
+        # Drain reaches every worker (the drained-backends file, then SIGHUP).
+        reloads = sum(1 for rec in gw.log_records() if rec.get("event") == "config_reloaded")
+        r = admin.post(f"/admin/clusters/127.0.0.1:{b.port}/drain")
+        assert r.status_code == 200 and r.json()["drained"] is True
+        while sum(1 for rec in gw.log_records() if rec.get("event") == "config_reloaded") < reloads + 2:
+            assert time.monotonic() < deadline + 10, gw.output()
+            time.sleep(0.1)
+        assert {proxy.get(f"/api/{i}").status_code for i in range(10)} == {503}  # its only backend is drained
+        admin.post(f"/admin/clusters/127.0.0.1:{b.port}/undrain")
         broken = json.loads(json.dumps(doc))
         broken["routers"][0]["methods"] = ["FETCH"]
-        r = admin.put("/admin/config", json=broken, headers={"if-match": r.headers["etag"]})
+        r = admin.put("/admin/config", json=broken, headers={"if-match": etag})
         assert r.status_code == 422 and r.json()["problems"][0].startswith("routers[0].methods")
 
 
-def test_startup_refusals(kairos_cli, tmp_path, upstream):
+def test_startup_refusals(tmp_path, upstream, capsys, monkeypatch):
+    from kairos.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
     def write(admin: dict) -> str:
         p = tmp_path / f"c{len(os.listdir(tmp_path))}.json"
         p.write_text(json.dumps(config(route(upstream), admin=admin)))
         return str(p)
 
-    r = kairos_cli("validate", write({"enabled": True}))
-    assert r.returncode == 1 and "admin: enabled without any token" in r.stderr
+    code, err = run("validate", write({"enabled": True}))
+    assert code == 1 and "admin: enabled without any token" in err
     token = {"name": "ops", "role": "admin", "token_env": "NOPE_TOKEN"}
-    r = kairos_cli("validate", write({"enabled": True, "host": "0.0.0.0", "tokens": [token]}))
-    assert r.returncode == 1 and '"public": true' in r.stderr
-    r = kairos_cli("validate", write({"enabled": True, "tokens": [{"name": "ops", "role": "admin", "token": "x"}]}))
-    assert r.returncode == 1 and "unknown key 'token'" in r.stderr
-    assert kairos_cli("validate", write({"enabled": True, "host": "0.0.0.0", "public": True, "tokens": [token]})).returncode == 0
-    r = kairos_cli("serve", "--config", write({"enabled": True, "tokens": [token]}), "--port", "0", timeout=20)
-    assert r.returncode == 1 and "NOPE_TOKEN is not set" in r.stderr
+    code, err = run("validate", write({"enabled": True, "host": "0.0.0.0", "tokens": [token]}))
+    assert code == 1 and '"public": true' in err
+    code, err = run("validate", write({"enabled": True, "tokens": [{"name": "ops", "role": "admin", "token": "x"}]}))
+    assert code == 1 and "unknown key 'token'" in err
+    assert run("validate", write({"enabled": True, "host": "0.0.0.0", "public": True, "tokens": [token]}))[0] == 0
+    # serve stops before anything listens: the token's variable is missing.
+    monkeypatch.delenv("NOPE_TOKEN", raising=False)
+    for name in ("KAIROS_HOST", "KAIROS_PORT", "KAIROS_CONFIG_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("kairos.observability.logging.configure_logging", lambda level: None)
+    code, err = run("serve", "--config", write({"enabled": True, "tokens": [token]}), "--port", "1")
+    assert code == 1 and "NOPE_TOKEN is not set" in err

@@ -84,6 +84,25 @@ def test_console_pages_in_chromium(gateway, make_upstream, tmp_path):
             assert page.locator("#routes-table tbody tr").count() == 1
             page.screenshot(path=str(shots / "admin-routes.png"))
 
+            # Conflict: the config changes behind the open editor; saving is refused, nothing changes.
+            page.get_by_role("button", name="Edit orders").click()
+            with httpx.Client(base_url=gw.admin_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                              trust_env=False) as api:
+                current = api.get("/admin/config")
+                assert api.put("/admin/config", json={**current.json(), "timeout_ms": 29000},
+                               headers={"if-match": current.headers["etag"]}).status_code == 200
+            page.get_by_role("textbox", name="Backends").fill(f"http://127.0.0.1:{b.port}")
+            page.get_by_role("button", name="Save").click()
+            page.get_by_text("Conflict: the config changed since you opened the editor").wait_for()
+            assert upstream_of("/orders/1") == a.name
+            problems.remove("Failed to load resource: the server responded with a status of 412 (Precondition Failed)")
+            page.get_by_role("button", name="Cancel").click()
+
+            # Delete asks first; "Cancel" keeps the route.
+            page.get_by_role("button", name="Delete orders").click()
+            page.locator("#confirm").get_by_role("button", name="Cancel").click()
+            assert page.locator("#routes-table tbody tr[data-route=orders]").count() == 1
+
             # Backends: drain and undrain.
             page.get_by_role("link", name="Backends").click()
             page.get_by_role("button", name=f"drain http://127.0.0.1:{b.port}").click()
@@ -115,6 +134,10 @@ def test_console_pages_in_chromium(gateway, make_upstream, tmp_path):
             page.locator("tr[data-route=users]").wait_for()
             assert page.evaluate("document.documentElement.scrollWidth") <= 392
             page.screenshot(path=str(shots / "admin-phone.png"), full_page=True)
+            for name in ("Routes", "Backends", "Match", "History"):
+                page.get_by_role("link", name=name).click()
+                page.locator(f"#page-{name.lower()}").wait_for()
+                assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
         finally:
             stop.set()
             browser.close()

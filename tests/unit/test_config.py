@@ -37,7 +37,9 @@ def one_problem(data) -> str:
 # --- kairos-rs compatibility ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["kairos-rs-config.json", "kairos-rs-config-advanced.json"])
+@pytest.mark.parametrize(
+    "name", ["kairos-rs-config.json", "kairos-rs-config-advanced.json", "kairos-rs-config-transform.json"]
+)
 def test_kairos_rs_files_load_unchanged(name):
     folder = shared_compat_dir()
     if folder is None:
@@ -58,6 +60,19 @@ def test_kairos_rs_files_load_unchanged(name):
             assert rc.retry.retry_on_status_codes == rr["retry"]["retry_on_status_codes"]
         if "backends" in rr:
             assert [b.weight for b in rc.backend_list] == [b.get("weight", 1) for b in rr["backends"]]
+
+
+def test_kairos_rs_transformation_blocks_are_kept():
+    folder = shared_compat_dir()
+    if folder is None:
+        pytest.skip("../shared/compat is not present next to this checkout")
+    config = load_config(folder / "kairos-rs-config-transform.json", use_env=False)
+    raw = json.loads((folder / "kairos-rs-config-transform.json").read_text())["routers"][0]
+    req, resp = config.routers[0].request_transformation, config.routers[0].response_transformation
+    assert req.model_dump(exclude_defaults=True, by_alias=True) == raw["request_transformation"]
+    assert resp.status_code_mappings[0].from_ == 404 and resp.status_code_mappings[0].to == 200
+    assert [h.name for h in resp.headers] == ["X-Powered-By", "Server"]
+    assert config.routers[1].protocol == "websocket"
 
 
 def test_legacy_host_port_is_one_backend():

@@ -1,0 +1,1 @@
+"""DNS service discovery: backends re-resolved in the background (docs/discovery.md)."""

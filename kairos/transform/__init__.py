@@ -1,0 +1,1 @@
+"""Request and response transformation (issue 12): see docs/transformation.md."""
