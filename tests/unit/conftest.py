@@ -94,7 +94,7 @@ def upstream(monkeypatch):
     """An in-memory echo upstream behind the gateway's upstream client (see the module docstring)."""
     echo = EchoUpstream()
 
-    async def request(self, scheme, host, port, method, target, headers, body=None, connect_timeout=None):
+    async def request(self, scheme, host, port, method, target, headers, body=None, connect_timeout=None, *more, **options):
         if port != echo.port:
             raise UpstreamConnectError(f"nothing listens on {host}:{port} (unit tier)")
         return await echo.answer(method, target, headers, body)
