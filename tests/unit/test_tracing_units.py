@@ -229,7 +229,7 @@ async def test_spans_leave_the_process_batched_over_otlp_http():
 
 
 async def test_a_collector_that_refuses_connections_does_not_stop_requests():
-    from conftest import free_port
+    from tests.conftest import free_port
 
     config = TracingConfig(enabled=True, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", sampler="always_on")
     tracer = Tracer(config)
