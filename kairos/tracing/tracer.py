@@ -108,8 +108,9 @@ class RequestTrace:
     def __init__(self, tracer: trace_api.Tracer, span: trace_api.Span) -> None:
         self.tracer = tracer
         self.span = span
-        self.context = trace_api.set_span_in_context(span)
         self.recording = span.is_recording()
+        # The parent context of client spans; an unsampled request makes none through the SDK.
+        self.context = trace_api.set_span_in_context(span) if self.recording else None
         self.attempts = 0  # upstream attempts so far: the next one's number
 
     @property
