@@ -225,6 +225,9 @@ STACKS = {
         "ip_allow": ["127.0.0.0/8"],
         "routers": [STACK_ROUTE],
     },
+    # Every request after the first answered from the memory cache: no upstream exchange.
+    "proxied GET, cache on (every request a hit)": {"cache": {"enabled": True, "ttl_secs": 3600},
+                                                    "routers": [STACK_ROUTE]},
     "proxied GET, transformation (5 header edits + path rewrite)": {
         "routers": [dict(STACK_ROUTE, request_transformation=TRANSFORM)],
     },

@@ -428,3 +428,30 @@ async def test_purge_through_the_gateway_handle_reaches_every_route():
     assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "HIT"
     assert await stores.purge() == 1
     assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "MISS"
+
+
+async def test_an_upstream_age_counts_against_freshness():
+    origin = Origin(ok(**{"cache-control": "max-age=60", "age": "50"}))
+    app = layer(origin)
+    await get(app)
+    _, h, _ = await get(app)
+    assert h["x-cache"] == "HIT" and 50 <= int(h["age"]) <= 51
+    origin.respond = ok(**{"cache-control": "max-age=60", "age": "70"})
+    await get(app, path="/r/old")
+    _, h, _ = await get(app, path="/r/old")
+    assert h["x-cache"] == "MISS" and len(origin.calls) == 3
+
+
+async def test_redis_revalidation_keeps_the_refreshed_entry(redis_clean):
+    def respond(scope):
+        if dict(scope["headers"]).get(b"if-none-match") == b'"v1"':
+            return 304, {"etag": '"v1"', "cache-control": "max-age=60"}, []
+        return 200, {"etag": '"v1"', "cache-control": "max-age=0", "content-type": "text/plain"}, [b"doc"]
+
+    origin = Origin(respond)
+    app = redis_layer(origin, redis_clean)
+    await get(app)
+    s, h, b = await get(app)
+    assert (h["x-cache"], b) == ("REVALIDATED", b"doc")
+    s, h, b = await get(app)
+    assert (h["x-cache"], b) == ("HIT", b"doc") and len(origin.calls) == 2
