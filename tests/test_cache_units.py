@@ -455,3 +455,24 @@ async def test_redis_revalidation_keeps_the_refreshed_entry(redis_clean):
     assert (h["x-cache"], b) == ("REVALIDATED", b"doc")
     s, h, b = await get(app)
     assert (h["x-cache"], b) == ("HIT", b"doc") and len(origin.calls) == 2
+
+
+async def test_a_hit_is_compressed_once_per_coding(monkeypatch):
+    import gzip
+
+    from kairos.config.compression import CompressionConfig
+    from kairos.middleware import compression
+
+    calls = []
+    real = compression.compress_whole
+    monkeypatch.setattr(compression, "compress_whole", lambda *a: calls.append(a[0]) or real(*a))
+    body = b"compress me " * 200
+    cache = layer(Origin(ok(body, **{"cache-control": "max-age=60"})))
+    policy = compression.CompressionPolicy(CompressionConfig(enabled=True, algorithms=["gzip", "br"]))
+    app = compression.Compression(cache, policy)
+    results = [await get(app, headers={"accept-encoding": "gzip"}) for _ in range(3)]
+    assert [h["x-cache"] for _, h, _ in results] == ["MISS", "HIT", "HIT"]
+    assert all(gzip.decompress(b) == body for _, _, b in results)
+    assert calls == ["gzip", "gzip"]  # the miss, then the first hit; the second hit reused it
+    await get(app, headers={"accept-encoding": "br"})
+    assert calls == ["gzip", "gzip", "br"]

@@ -296,6 +296,7 @@ class Cache:
             return
         if not any(n == b"content-length" for n, _ in headers):
             headers.append((b"content-length", str(len(entry.body)).encode()))
+        scope["kairos.cached_body"] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else entry.body})
 
