@@ -36,6 +36,7 @@ test:
 bench: install
 	$(PYTHON) -m pip install -q -e '.[bench]'
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/websocket_echo.py
 	$(PYTHON) bench/plot.py
 
 compose-check:
@@ -43,3 +44,8 @@ compose-check:
 
 validate:
 	kairos validate $(CONFIG)
+
+# The admin console's pictures in docs/images/ (docs/admin.md), taken by its browser test.
+.PHONY: admin-screenshots
+admin-screenshots:
+	KAIROS_UPDATE_SCREENSHOTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_admin_console.py

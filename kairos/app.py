@@ -27,7 +27,7 @@ from kairos.middleware.header_limits import HeaderLimits
 from kairos.middleware.request_id import RequestID
 from kairos.middleware.security_headers import SecurityHeaders
 from kairos.proxy.endpoint import GatewayEndpoint, LastResort
-from kairos.proxy.exchange import OpenExchange
+from kairos.proxy.exchange import PROXIED, OpenExchange
 from kairos.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["Gateway", "GatewayApp", "create_app", "install_signal_handlers"]
@@ -85,7 +85,7 @@ class GatewayApp(Starlette):
     proxy_stack: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in PROXIED:
             path = scope["path"]
             root = scope.get("root_path")
             if root and path.startswith(root):

@@ -96,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         # uvicorn's httptools protocol + server.request_header_timeout_ms
         http="kairos.server:HeadTimeoutProtocol",
+        # uvicorn's WebSocket protocol, with permessage-deflate decided per route (docs/websocket.md).
+        ws="kairos.websocket.protocol:WebSocketProtocol",
     )
     admin_sock = _admin_socket(config)
     if workers > 1:

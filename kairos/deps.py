@@ -20,6 +20,7 @@ from kairos.edge import EdgeState
 from kairos.tracing.tracers import Tracers
 from kairos.types import ASGIApp
 from kairos.upstream.client import UpstreamClient
+from kairos.websocket.connections import Connections
 
 # What a layer factory returns: given the next app in the chain, the layer around it
 # (usually functools.partial(LayerClass, **settings), as Starlette's Middleware(cls, **kw)).
@@ -29,10 +30,14 @@ Wrap = Callable[[ASGIApp], ASGIApp]
 class LayerDeps:
     """Handles shared by every route's layers; one per Gateway, the same across reloads."""
 
-    __slots__ = ("upstream", "edge", "clock", "caches", "tracers")
+    __slots__ = ("upstream", "edge", "clock", "caches", "tracers", "websockets")
 
     def __init__(
-        self, upstream: UpstreamClient, edge: EdgeState, clock: Callable[[], float] = time.monotonic
+        self,
+        upstream: UpstreamClient,
+        edge: EdgeState,
+        clock: Callable[[], float] = time.monotonic,
+        websockets: Connections | None = None,
     ) -> None:
         self.upstream = upstream  # .request() for forwarding, .http (an httpx.AsyncClient) for fetches
         self.edge = edge  # JWKS fetchers, verifiers, rate-limit counters, Redis pools
@@ -40,6 +45,7 @@ class LayerDeps:
         # Response cache stores (kept across reloads); Redis ones use the edge's shared pools.
         self.caches = CacheStores(lambda url: edge.redis_backend(url).client)
         self.tracers = Tracers()  # the OpenTelemetry tracer of the current `tracing` block, if enabled
+        self.websockets = websockets if websockets is not None else Connections()  # open WebSockets, by route
 
 
 class CompiledConfig(Protocol):

@@ -28,6 +28,9 @@ STATUS = {
     "upstream_overloaded": 503,
     "forbidden": 403,
     "rate_limit_unavailable": 503,
+    "upgrade_required": 426,
+    "too_many_connections": 503,
+    "draining": 503,
     "internal": 500,
 }
 
@@ -63,6 +66,8 @@ async def send_error(
 ) -> None:
     """Answer the request with a JSON error (HEAD gets the headers only).
 
+    On a WebSocket upgrade the error is the handshake's HTTP response (the ASGI
+    `websocket.http.response` extension); a server without it can only refuse with 403.
     The kind goes into scope["kairos.error"]: the access log writes it and counts it in
     kairos_gateway_errors_total."""
     scope["kairos.error"] = kind
@@ -74,5 +79,12 @@ async def send_error(
     ]
     if headers:
         raw.extend(headers)
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        await send({"type": "websocket.http.response.start", "status": STATUS[kind], "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
     await send({"type": "http.response.start", "status": STATUS[kind], "headers": raw})
     await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})

@@ -57,6 +57,7 @@ class Gateway:
         apply_drained(self.runtime.backends, read_drained(config_path))
         self.last_reload: dict[str, Any] | None = None  # time, trigger, result (+ problems)
         self.edge.prune()
+        self.deps.websockets.set_routes(_websocket_routes(self.runtime), config.server.shutdown_timeout_s)
 
     @property
     def config(self) -> GatewayConfig:
@@ -72,6 +73,8 @@ class Gateway:
             raise
         self.runtime = runtime
         self.discovery.sync(runtime.discovered)  # last good answers at once; loops follow the config
+        # Open WebSockets of routes that still exist are not touched; the others close later.
+        self.deps.websockets.set_routes(_websocket_routes(runtime), config.server.shutdown_timeout_s)
         forget_backends(set(previous.backends) - set(runtime.backends))
         self.upstream.apply(config)
         self._close_idle_of_removed()
@@ -158,7 +161,16 @@ class Gateway:
         self.health.sync(self.runtime.health_checks, self.upstream.http)
         self.health_running = True
 
+    async def stop_after(self, delay_s: float, stop: Any) -> None:
+        """The drain: wait `delay_s` (the gateway serves on, /ready says 503, upgrades get 503),
+        close every open WebSocket with 1001 on both sides, then call `stop()` (uvicorn's exit)."""
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        await self.deps.websockets.close_all(1001, "going away")
+        stop()
+
     async def aclose(self) -> None:
+        self.deps.websockets.cancel_timers()
         self.health_running = False
         await self.discovery.aclose()
         await self.health.aclose()
@@ -213,6 +225,16 @@ def _close_later(coro: Any) -> None:
 _CLOSING: set[Any] = set()
 
 
+def _keep(task: asyncio.Task[None]) -> None:
+    """Hold a reference to a background task until it is done (the loop keeps only weak ones)."""
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+def _websocket_routes(runtime: Runtime) -> list[str]:
+    return [route.name for route in runtime.routes if route.config.protocol == "websocket"]
+
+
 # --------------------------------------------------------------------------- signals
 
 
@@ -234,15 +256,18 @@ def install_signal_handlers(gateway: Gateway, server: Any) -> dict[int, Any]:
             server.handle_exit(sig, frame)
             return
         gateway.draining = True
+        gateway.deps.websockets.draining = True  # new upgrades: 503 from now on
         delay = gateway.config.server.shutdown_delay_s
         lp.call_soon_threadsafe(
             lambda: log_event("shutdown_started", signal=signal.Signals(sig).name, delay_s=delay,
-                              timeout_s=gateway.config.server.shutdown_timeout_s)
+                              timeout_s=gateway.config.server.shutdown_timeout_s,
+                              websockets=gateway.deps.websockets.total())
         )
-        if delay <= 0:
+        if delay <= 0 and not gateway.deps.websockets.total():
             server.handle_exit(sig, frame)
         else:
-            lp.call_soon_threadsafe(lambda: lp.call_later(delay, server.handle_exit, sig, None))
+            stop = lambda: server.handle_exit(sig, None)  # noqa: E731
+            lp.call_soon_threadsafe(lambda: _keep(lp.create_task(gateway.stop_after(delay, stop))))
 
     def on_int(sig: int, frame: Any) -> None:
         gateway.draining = True

@@ -154,8 +154,15 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self.head_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and not cycle.response_complete):
+            # A pipelined head waits while we answer the request before it (uvicorn stops
+            # reading meanwhile): the wait is ours, so the clock starts again.
+            self._start_head_clock()
+            return
+        self.transport.close()
 
 
 class GatewayServer(uvicorn.Server):

@@ -263,19 +263,34 @@ def test_one_admin_port_for_several_workers(gateway, make_upstream):
         assert r.status_code == 422 and r.json()["problems"][0].startswith("routers[0].methods")
 
 
-def test_startup_refusals(kairos_cli, tmp_path, upstream):
+def test_startup_refusals(tmp_path, upstream, capsys, monkeypatch):
+    from kairos.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
     def write(admin: dict) -> str:
         p = tmp_path / f"c{len(os.listdir(tmp_path))}.json"
         p.write_text(json.dumps(config(route(upstream), admin=admin)))
         return str(p)
 
-    r = kairos_cli("validate", write({"enabled": True}))
-    assert r.returncode == 1 and "admin: enabled without any token" in r.stderr
+    code, err = run("validate", write({"enabled": True}))
+    assert code == 1 and "admin: enabled without any token" in err
     token = {"name": "ops", "role": "admin", "token_env": "NOPE_TOKEN"}
-    r = kairos_cli("validate", write({"enabled": True, "host": "0.0.0.0", "tokens": [token]}))
-    assert r.returncode == 1 and '"public": true' in r.stderr
-    r = kairos_cli("validate", write({"enabled": True, "tokens": [{"name": "ops", "role": "admin", "token": "x"}]}))
-    assert r.returncode == 1 and "unknown key 'token'" in r.stderr
-    assert kairos_cli("validate", write({"enabled": True, "host": "0.0.0.0", "public": True, "tokens": [token]})).returncode == 0
-    r = kairos_cli("serve", "--config", write({"enabled": True, "tokens": [token]}), "--port", "0", timeout=20)
-    assert r.returncode == 1 and "NOPE_TOKEN is not set" in r.stderr
+    code, err = run("validate", write({"enabled": True, "host": "0.0.0.0", "tokens": [token]}))
+    assert code == 1 and '"public": true' in err
+    code, err = run("validate", write({"enabled": True, "tokens": [{"name": "ops", "role": "admin", "token": "x"}]}))
+    assert code == 1 and "unknown key 'token'" in err
+    assert run("validate", write({"enabled": True, "host": "0.0.0.0", "public": True, "tokens": [token]}))[0] == 0
+    # serve stops before anything listens: the token's variable is missing.
+    monkeypatch.delenv("NOPE_TOKEN", raising=False)
+    for name in ("KAIROS_HOST", "KAIROS_PORT", "KAIROS_CONFIG_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("kairos.observability.logging.configure_logging", lambda level: None)
+    code, err = run("serve", "--config", write({"enabled": True, "tokens": [token]}), "--port", "1")
+    assert code == 1 and "NOPE_TOKEN is not set" in err

@@ -9,13 +9,40 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from admin_support import ADMIN_TOKEN, VIEWER_TOKEN, start_admin_gateway
 from conftest import REPO_ROOT, _hermetic_env, free_port
 from ops_helpers import config, route
 
 
-def test_match_offline(kairos_cli, tmp_path, upstream):
+class InProcess:
+    """`kairos ARGS` run in this process (a subprocess per call costs ~1 s of imports): returns (code, out, err)."""
+
+    def __init__(self, monkeypatch, capsys) -> None:
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+
+    def __call__(self, *args, env: dict[str, str] | None = None):
+        from kairos.cli import main
+
+        for name in ("KAIROS_ADMIN_TOKEN", "KAIROS_ADMIN_URL"):
+            self.monkeypatch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            self.monkeypatch.setenv(name, value)
+        self.capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = self.capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+@pytest.fixture
+def kairos_run(monkeypatch, capsys):
+    return InProcess(monkeypatch, capsys)
+
+
+def test_match_offline(kairos_run, tmp_path, upstream):
+    kairos_cli = kairos_run
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config(route(upstream, name="users", rate_limit={"requests_per_window": 5}))))
     r = kairos_cli("match", path, "GET", "http://x/api/42?q=1")
@@ -25,7 +52,8 @@ def test_match_offline(kairos_cli, tmp_path, upstream):
     assert kairos_cli("match", path, "GET", "/nothing").returncode == 3
 
 
-def test_cli_against_a_running_gateway(gateway, kairos_cli, make_upstream, tmp_path):
+def test_cli_against_a_running_gateway(gateway, kairos_run, make_upstream, tmp_path):
+    kairos_cli = kairos_run
     a, b = make_upstream(2)
     gw = start_admin_gateway(gateway, config(route(a, name="users")))
     env = {"KAIROS_ADMIN_TOKEN": ADMIN_TOKEN, "KAIROS_ADMIN_URL": gw.admin_url}

@@ -134,6 +134,10 @@ def test_console_pages_in_chromium(gateway, make_upstream, tmp_path):
             page.locator("tr[data-route=users]").wait_for()
             assert page.evaluate("document.documentElement.scrollWidth") <= 392
             page.screenshot(path=str(shots / "admin-phone.png"), full_page=True)
+            for name in ("Routes", "Backends", "Match", "History"):
+                page.get_by_role("link", name=name).click()
+                page.locator(f"#page-{name.lower()}").wait_for()
+                assert page.evaluate("document.documentElement.scrollWidth") <= 392, name
         finally:
             stop.set()
             browser.close()

@@ -91,8 +91,11 @@ def test_refusals_are_span_events(upstream, gateway, receiver):
 
 def test_requests_succeed_while_the_collector_refuses_connections(upstream, gateway):
     gw = gateway(config(upstream, {"enabled": True, "endpoint": f"http://127.0.0.1:{free_port()}/v1/traces",
-                                   "sampler": "always_on"}))
+                                   "sampler": "always_on"}), env=FAST_EXPORT)
     with httpx.Client(base_url=gw.url, timeout=10, trust_env=False) as client:
         statuses = [client.get("/api/1").status_code for _ in range(100)]
     assert statuses == [200] * 100
     assert gw.alive()
+    # The SDK's complaint is a JSON log line like any gateway event, not a stray stderr line.
+    record = gw.wait_for_log(lambda r: r.get("logger", "").startswith("opentelemetry"))
+    assert "export" in record["message"].lower()

@@ -239,3 +239,16 @@ async def test_a_collector_that_refuses_connections_does_not_stop_requests():
         statuses.append(sent[0]["status"])
     assert statuses == [200] * 300  # every request answered; the export fails on the SDK's thread
     threading.Thread(target=tracer.shutdown, daemon=True).start()
+
+
+def test_the_tracing_layer_exists_only_when_enabled():
+    from kairos import create_app
+
+    route = {"external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"],
+             "backends": [{"host": "http://127.0.0.1", "port": 9}]}
+    off = create_app({"routers": [route]}).state.gateway.runtime.routes[0]
+    assert not isinstance(off.pipeline, Tracing) and b"traceparent" not in off.strip_headers
+    on = create_app({"tracing": {"enabled": True, "exporter": "none"}, "routers": [route]}).state.gateway
+    compiled = on.runtime.routes[0]
+    assert isinstance(compiled.pipeline, Tracing)  # first in the chain: it sees every refusal
+    assert {b"traceparent", b"tracestate"} <= compiled.strip_headers  # each attempt writes its own

@@ -12,7 +12,7 @@ from kairos.errors import GatewayError
 from kairos.transform import jsonpointer
 from kairos.transform.condition import ConditionError, compile_condition
 from kairos.transform.config import QueryEdit, RequestHeaderEdit, ResponseHeaderEdit, PathRewrite
-from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap
+from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap, group_expander
 from kairos.transform.config import JsonEdit, StatusMapping
 from kairos.transform.rustre import RegexError, compile_rust, translate
 from kairos.transform.template import Template, TemplateError
@@ -263,6 +263,12 @@ def test_request_header_targets_refused(name):
         RequestHeaderEdit.model_validate({"action": "rename", "name": "X-A", "to": name})
 
 
+def test_line_breaks_in_a_configured_header_value_are_config_errors():
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        RequestHeaderEdit.model_validate({"action": "set", "name": "X-A", "value": "a\r\nX-Evil: 1"})
+    QueryEdit.model_validate({"action": "set", "name": "a", "value": "a\nb"})  # percent-encoded in a query
+
+
 def test_response_may_edit_host_like_names_but_not_framing_nor_the_servers_own():
     ResponseHeaderEdit.model_validate({"action": "set", "name": "X-Request-ID", "value": "x"})
     ResponseHeaderEdit.model_validate({"action": "remove", "name": "Server"})  # kairos-rs's example
@@ -370,6 +376,92 @@ def test_route_dependent_template_problems():
     ]
 
 
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    from kairos.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "transform.json", use_env=False)
+    first, second = config.routers
+    assert first.request_transformation.path.replacement == "/v2/$1"
+    assert second.auth_required and second.response_transformation.max_json_body == 262144
+
+
 def test_unknown_key_in_a_block():
     assert any("request_transformation.header: unknown key 'header' (did you mean 'headers'?)" in p
                for p in problems(request_transformation={"header": []}))
+
+
+# --- properties -------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CAP = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def rust_expand(m: re.Match, replacement: str) -> str:
+    """A line-by-line port of the regex crate's `expand_str` (the reference)."""
+    dst = []
+    rep = replacement
+    while rep:
+        i = rep.find("$")
+        if i == -1:
+            break
+        dst.append(rep[:i])
+        rep = rep[i:]
+        if rep[1:2] == "$":
+            dst.append("$")
+            rep = rep[2:]
+            continue
+        # find_cap_ref
+        name, end = None, 0
+        if len(rep) > 1 and rep[1] == "{":
+            close = rep.find("}", 2)
+            if close != -1:
+                name, end = rep[2:close], close + 1
+        else:
+            k = 1
+            while k < len(rep) and rep[k] in _CAP:
+                k += 1
+            if k > 1:
+                name, end = rep[1:k], k
+        if name is None:
+            dst.append("$")
+            rep = rep[1:]
+            continue
+        rep = rep[end:]
+        if name.isdigit():
+            n = int(name)
+            dst.append((m.group(n) or "") if n <= m.re.groups else "")
+        else:
+            dst.append((m.group(name) or "") if name in m.re.groupindex else "")
+    dst.append(rep)
+    return "".join(dst)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["$", "a", "b", "1", "_", "0", "x", "-", "${1}", "${a}", "${a_1}", "${9}", "${}",
+                                  "$$", "${x y}", "${01}"]), max_size=8).map("".join))
+def test_replacement_expands_like_rust(replacement):
+    regex = compile_rust(r"(?P<a>a+)(b)?(?P<a_1>x)?")
+    m = regex.search("zaab")
+    try:
+        t = Template(replacement, groups=True)
+    except TemplateError:
+        return  # e.g. '$${1}': a '{' outside '${...}' opens a template here (Rust would take it literally)
+    t.bind_groups(regex)
+    assert t.render(None, match=m) == rust_expand(m, replacement)
+    assert group_expander(t)(m) == rust_expand(m, replacement)  # the fast path used at run time
+
+
+_PIECE = st.text(alphabet="ab=%2F+x&", min_size=0, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PIECE, max_size=6).map("&".join))
+def test_query_edits_of_absent_names_leave_the_bytes_alone(query):
+    assert query_after([{"action": "remove", "name": "zz"}, {"action": "rename", "name": "zz", "to": "yy"},
+                        {"action": "replace", "name": "zz", "value": "v"}], query) == query
+    added = query_after([{"action": "add", "name": "zz", "value": "1"}], query)
+    assert added == (query + "&zz=1" if query else "zz=1")

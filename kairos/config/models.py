@@ -28,10 +28,12 @@ from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
 from kairos.config.connection_pool import ConnectionPoolConfig
+from kairos.config.origins import check_origins
 from kairos.discovery.config import DiscoveryConfig
 from kairos.routing import PathTemplate, PatternError, parse_pattern
 from kairos.transform.config import RequestTransformation, ResponseTransformation
 from kairos.tracing.config import TracingConfig
+from kairos.websocket.settings import WebSocketConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "least_request", "ip_hash")
@@ -301,7 +303,6 @@ class OutlierDetectionConfig(Model):
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
-_ORIGIN = re.compile(r"^[a-z][a-z0-9+.\-]*://(\*\.)?[A-Za-z0-9\-.\[\]:]+?(:(\d{1,5}|\*))?$")
 
 
 class SecurityHeadersConfig(Model):
@@ -343,15 +344,7 @@ class CorsConfig(Model):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if origin in ("*", "null"):
-                continue
-            if not _ORIGIN.match(origin):
-                raise problem(
-                    f"'{origin}' is not an origin: write scheme://host[:port] without a path "
-                    "('*' as a whole subdomain part or port is allowed: https://*.example.com, http://localhost:*)"
-                )
-        return value
+        return check_origins(value)
 
     @field_validator("allowed_methods")
     @classmethod
@@ -430,6 +423,9 @@ _HASH_ON = re.compile(r"^(ip|(header|cookie|claim):[A-Za-z0-9_.\-]+)$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+_HTTP_BODY_BLOCKS = ("compression", "cache", "request_transformation", "response_transformation")
+
+
 class RouterConfig(Model):
     # Optional id for the admin API (/admin/routes/{name}); see docs/admin.md for the derived id.
     name: str | None = None
@@ -466,6 +462,7 @@ class RouterConfig(Model):
     request_transformation: RequestTransformation | None = None
     response_transformation: ResponseTransformation | None = None
     discovery: DiscoveryConfig | None = None
+    websocket: WebSocketConfig | None = None  # websocket routes only; overrides the top-level block
 
     @field_validator("name")
     @classmethod
@@ -529,6 +526,15 @@ class RouterConfig(Model):
             raise problem("needs 'backends' (or the legacy 'host' and 'port')")
         if legacy and (self.host is None or self.port is None):
             raise problem("the legacy form needs both 'host' and 'port'")
+        if self.protocol == "websocket" and "GET" not in self.methods:
+            raise problem("a websocket route must allow GET (the upgrade is a GET request)")
+        if self.websocket is not None and self.protocol != "websocket":
+            raise problem("a 'websocket' block needs \"protocol\": \"websocket\"")
+        if self.protocol == "websocket":
+            # Layers that read or rewrite HTTP bodies are not in a websocket route's chain (layers.py).
+            unused = [k for k in _HTTP_BODY_BLOCKS if getattr(self, k) is not None]
+            if unused:
+                raise problem(f"{', '.join(unused)}: not applied on a websocket route (messages are relayed as they are)")
         return self
 
     @property
@@ -560,6 +566,7 @@ class GatewayConfig(Model):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     ip_allow: list[Cidr] | None = None
     ip_deny: list[Cidr] | None = None
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     connection_pool: ConnectionPoolConfig = Field(default_factory=ConnectionPoolConfig)
     compression: CompressionConfig | None = None
     cache: CacheConfig | None = None

@@ -1,4 +1,4 @@
-"""Two tiny JSON services the gateway can sit in front of: users and orders.
+"""Tiny services the gateway can sit in front of: users and orders (JSON), chat (a WebSocket echo).
 
 They are plain Starlette apps; `serve()` runs one or both with uvicorn on a
 single event loop (one `uvicorn.Server(...).serve()` task per service) and
@@ -17,7 +17,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 _NAMES = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov",
           "Donald Knuth", "Margaret Hamilton", "Ken Thompson"]
@@ -91,13 +92,38 @@ def build_orders_app() -> Starlette:
     ])
 
 
-BUILDERS = {"users": build_users_app, "orders": build_orders_app}
+def build_chat_app() -> Starlette:
+    """A WebSocket echo: greets with a JSON hello, then sends every message back as it came."""
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        room = websocket.path_params["room"]
+        await websocket.send_json({"hello": room, "service": "chat"})
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    await websocket.send_text(message["text"])
+                elif message.get("bytes") is not None:
+                    await websocket.send_bytes(message["bytes"])
+        except WebSocketDisconnect:
+            return
+
+    async def healthz(request: Request) -> JSONResponse:
+        return _json("chat", {"status": "ok", "service": "chat"})
+
+    return Starlette(routes=[WebSocketRoute("/echo/{room}", echo), Route("/healthz", healthz, methods=["GET"])])
+
+
+BUILDERS = {"users": build_users_app, "orders": build_orders_app, "chat": build_chat_app}
 
 
 async def serve(host: str = "127.0.0.1", ports: dict[str, int] | None = None,
                 only: Iterable[str] | None = None, log_level: str = "warning") -> None:
     """Serve the selected services until SIGINT/SIGTERM."""
-    ports = {"users": 3001, "orders": 3002, **(ports or {})}
+    ports = {"users": 3001, "orders": 3002, "chat": 3003, **(ports or {})}
     names = list(only) if only else list(BUILDERS)
     servers = []
     for name in names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from kairos.proxy.exchange import on_response_start
+from kairos.proxy.exchange import PROXIED, on_response_start
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 _SANE = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
@@ -23,7 +23,7 @@ class RequestID:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in PROXIED:
             await self.app(scope, receive, send)
             return
         rid = None

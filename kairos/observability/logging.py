@@ -59,13 +59,17 @@ class JSONFormatter(logging.Formatter):
 _handler: logging.Handler | None = None
 
 
+# The OpenTelemetry SDK's own warnings (a collector that refuses exports) are gateway events too.
+LOGGERS = ("kairos", "uvicorn", "uvicorn.error", "opentelemetry")
+
+
 def configure_logging(level: str = "info") -> None:
-    """Route kairos's and uvicorn's loggers to JSON on stdout (idempotent; also used on reload)."""
+    """Route kairos's, uvicorn's and the tracing SDK's loggers to JSON on stdout (idempotent; also used on reload)."""
     global _handler
     if _handler is None:
         _handler = logging.StreamHandler(sys.stdout)
         _handler.setFormatter(JSONFormatter())
-    for name in ("kairos", "uvicorn", "uvicorn.error"):
+    for name in LOGGERS:
         log = logging.getLogger(name)
         log.handlers[:] = [_handler]
         log.propagate = False
@@ -75,7 +79,7 @@ def configure_logging(level: str = "info") -> None:
 
 
 def set_level(level: str) -> None:
-    for name in ("kairos", "uvicorn", "uvicorn.error"):
+    for name in LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
 
 

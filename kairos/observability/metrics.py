@@ -62,6 +62,19 @@ DISCOVERY_CHANGES = Counter(
 DISCOVERY_ENDPOINTS = Gauge(
     "kairos_discovery_endpoints", "Addresses in a name's last good DNS answer", ["dns_name"], multiprocess_mode="max"
 )
+WEBSOCKET_OPEN = Gauge(
+    "kairos_websocket_connections", "Open proxied WebSocket connections", ["route"], multiprocess_mode="livesum"
+)
+# Not kairos_websocket_connections_total: prometheus-client reserves that name for the gauge above.
+WEBSOCKET_UPGRADES = Counter(
+    "kairos_websocket_upgrades_total", "WebSocket upgrade requests by outcome", ["route", "outcome"]
+)
+WEBSOCKET_MESSAGES = Counter(
+    "kairos_websocket_messages_total", "Relayed WebSocket messages", ["route", "direction"]
+)
+WEBSOCKET_BYTES = Counter(
+    "kairos_websocket_bytes_total", "Relayed WebSocket payload bytes", ["route", "direction"]
+)
 
 
 # --------------------------------------------------------------------------- cached children

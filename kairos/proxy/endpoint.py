@@ -23,10 +23,11 @@ class GatewayEndpoint:
         self.source = source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003, "reason": "websocket proxying is not supported yet"})
-            return
+        kind = scope["type"]
+        if kind != "http":
+            if kind != "websocket":
+                return
+            scope["method"] = "GET"  # an upgrade is a GET: routing and the policy layers read the method
         runtime = self.source.runtime  # read once: a reload does not change this request's config
         try:
             # Before matching, so 404s are logged with the client and get HSTS behind a TLS proxy.
@@ -42,6 +43,9 @@ class GatewayEndpoint:
                 await self.method_not_allowed(scope, send, runtime, path, match)
                 return
             route = match.target
+            if kind == "websocket" and route.config.protocol != "websocket":
+                await send({"type": "websocket.close", "code": 1003, "reason": "not a WebSocket route"})
+                return
             scope["kairos.route"] = route
             scope["kairos.params"] = match.params
             exchange = scope.get(EXCHANGE)

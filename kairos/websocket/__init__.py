@@ -1,0 +1,1 @@
+"""WebSocket proxying: the upgrade on websocket routes, the upstream handshake, the relay."""
