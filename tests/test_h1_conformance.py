@@ -553,6 +553,23 @@ async def test_transport_maps_timeouts(client):
             await client.http.get(f"http://127.0.0.1:{up.port}/", timeout=0.1)
 
 
+async def test_transport_maps_pool_timeout():
+    held = asyncio.Event()
+    c = UpstreamClient(limits=PoolLimits(max_connections=1))
+    await c.start()
+    try:
+        async with Upstream(answer_forever(OK, after=held)) as up:
+            first = asyncio.ensure_future(c.http.get(f"http://127.0.0.1:{up.port}/"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.PoolTimeout):
+                await c.http.get(f"http://127.0.0.1:{up.port}/", timeout=httpx.Timeout(5, pool=0.05))
+            assert c.pool.stats(f"http://127.0.0.1:{up.port}")[1] == 0  # the waiter left the queue
+            held.set()
+            assert (await first).status_code == 200
+    finally:
+        await c.aclose()
+
+
 async def test_transport_maps_connect_timeout(client, monkeypatch):
     async def never_connects(*args, **kwargs):
         await asyncio.sleep(10)
