@@ -190,6 +190,10 @@ async def test_head_and_304_keep_the_connection(client):
             status, headers, body = await fetch(client, up.port, "HEAD")
             assert (status, body) == (200, b"")
         assert up.connections == 1
+    async with Upstream(answer_forever(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")) as up:
+        for _ in range(3):  # no length at all: still no body after HEAD
+            assert (await fetch(client, up.port, "HEAD"))[0] == 200
+        assert up.connections == 1
     async with Upstream(answer_forever(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")) as up:
         for _ in range(3):
             assert (await fetch(client, up.port))[0] == 304
