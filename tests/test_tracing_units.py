@@ -291,3 +291,10 @@ async def test_real_refusals_of_a_compiled_gateway_become_events_on_its_spans():
     clients = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
     assert len(clients) == 2 and {c.attributes["error.type"] for c in clients} == {"connect"}
     assert all(c.status.status_code == StatusCode.ERROR for c in clients)
+
+
+def test_a_tracer_compiled_but_never_used_starts_no_export_thread():
+    before = {t.name for t in threading.enumerate()}
+    tracer = Tracer(TracingConfig(enabled=True, endpoint="http://127.0.0.1:9/v1/traces"))  # e.g. the admin's dry run
+    assert {t.name for t in threading.enumerate()} == before and not tracer.exporting
+    tracer.shutdown()
