@@ -131,7 +131,7 @@ def test_openapi_property_run(admin_app):
         params_st = st.fixed_dictionaries({n: st.sampled_from(["users", "1", "x%2Fy", "127.0.0.1:9"]) | st.text(
             alphabet=st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8) for n in names})
 
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
         @given(params=params_st, body=json_values, if_match=st.sampled_from([None, "current", '"nope"']))
         def run(params, body, if_match):
             check(method, path, op, params, body, if_match)

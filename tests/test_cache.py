@@ -188,7 +188,7 @@ def test_stale_while_revalidate_and_stale_if_error_with_the_upstream_down(gatewa
     gw = gateway(config(scripted, cache={"stale_if_error_secs": 60}))
     assert sync_client.get(gw.url + "/c/swr").text == "v1"
     assert sync_client.get(gw.url + "/c/sie").text == "v1"
-    time.sleep(2.1)  # both entries go stale (max-age=1, whole seconds)
+    time.sleep(1.2)  # both entries go stale (max-age=1)
     r = sync_client.get(gw.url + "/c/swr")
     assert (r.text, r.headers["x-cache"]) == ("v1", "STALE")
     deadline = time.monotonic() + 10
@@ -228,7 +228,7 @@ async def test_two_processes_share_entries_and_coalesce_through_redis(gateway, s
     assert 0 < int(redis_clean.command("PTTL", f"kairos_cache:{ROUTE} /c/doc")) <= 60_000
 
 
-def test_redis_outage_is_a_bypass_and_recovers(gateway, scripted, redis_clean, sync_client):
+def test_redis_outage_is_a_bypass_and_recovers_and_purge(gateway, scripted, redis_clean, sync_client, kairos_cli):
     scripted.on("/doc", counter_handler({"Cache-Control": "max-age=60"}))
     gw = gateway(redis_config(scripted, redis_clean))
     assert sync_client.get(gw.url + "/c/doc").headers["x-cache"] == "MISS"
@@ -249,12 +249,7 @@ def test_redis_outage_is_a_bypass_and_recovers(gateway, scripted, redis_clean, s
         time.sleep(0.1)
     assert seen[-1] == "HIT", seen
 
-
-def test_purge_command(gateway, scripted, redis_clean, sync_client, kairos_cli):
-    scripted.on("/doc", counter_handler({"Cache-Control": "max-age=60"}))
-    gw = gateway(redis_config(scripted, redis_clean))
-    sync_client.get(gw.url + "/c/doc")
-    assert sync_client.get(gw.url + "/c/doc").headers["x-cache"] == "HIT"
+    # `kairos cache purge CONFIG --route PATH` empties it from outside the gateway.
     done = kairos_cli("cache", "purge", gw.config_path, "--route", ROUTE)
     assert done.returncode == 0, done.stderr
     assert "purged 1" in done.stdout

@@ -428,3 +428,51 @@ async def test_purge_through_the_gateway_handle_reaches_every_route():
     assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "HIT"
     assert await stores.purge() == 1
     assert (await get(orders, path="/orders/1"))[1]["x-cache"] == "MISS"
+
+
+async def test_an_upstream_age_counts_against_freshness():
+    origin = Origin(ok(**{"cache-control": "max-age=60", "age": "50"}))
+    app = layer(origin)
+    await get(app)
+    _, h, _ = await get(app)
+    assert h["x-cache"] == "HIT" and 50 <= int(h["age"]) <= 51
+    origin.respond = ok(**{"cache-control": "max-age=60", "age": "70"})
+    await get(app, path="/r/old")
+    _, h, _ = await get(app, path="/r/old")
+    assert h["x-cache"] == "MISS" and len(origin.calls) == 3
+
+
+async def test_redis_revalidation_keeps_the_refreshed_entry(redis_clean):
+    def respond(scope):
+        if dict(scope["headers"]).get(b"if-none-match") == b'"v1"':
+            return 304, {"etag": '"v1"', "cache-control": "max-age=60"}, []
+        return 200, {"etag": '"v1"', "cache-control": "max-age=0", "content-type": "text/plain"}, [b"doc"]
+
+    origin = Origin(respond)
+    app = redis_layer(origin, redis_clean)
+    await get(app)
+    s, h, b = await get(app)
+    assert (h["x-cache"], b) == ("REVALIDATED", b"doc")
+    s, h, b = await get(app)
+    assert (h["x-cache"], b) == ("HIT", b"doc") and len(origin.calls) == 2
+
+
+async def test_a_hit_is_compressed_once_per_coding(monkeypatch):
+    import gzip
+
+    from kairos.config.compression import CompressionConfig
+    from kairos.middleware import compression
+
+    calls = []
+    real = compression.compress_whole
+    monkeypatch.setattr(compression, "compress_whole", lambda *a: calls.append(a[0]) or real(*a))
+    body = b"compress me " * 200
+    cache = layer(Origin(ok(body, **{"cache-control": "max-age=60"})))
+    policy = compression.CompressionPolicy(CompressionConfig(enabled=True, algorithms=["gzip", "br"]))
+    app = compression.Compression(cache, policy)
+    results = [await get(app, headers={"accept-encoding": "gzip"}) for _ in range(3)]
+    assert [h["x-cache"] for _, h, _ in results] == ["MISS", "HIT", "HIT"]
+    assert all(gzip.decompress(b) == body for _, _, b in results)
+    assert calls == ["gzip", "gzip"]  # the miss, then the first hit; the second hit reused it
+    await get(app, headers={"accept-encoding": "br"})
+    assert calls == ["gzip", "gzip", "br"]

@@ -49,7 +49,8 @@ def closed_by_peer(s: socket.socket) -> bool:
 
 
 def test_a_stalled_request_head_is_cut_and_a_slow_body_is_not(gateway, upstream):
-    gw = gateway({"server": {"request_header_timeout_ms": 300}, "routers": [route(upstream)]})
+    gw = gateway({"server": {"request_header_timeout_ms": 300},
+                  "routers": [route(upstream), route(upstream, "/up/{rest:path}", internal_path="/{rest}")]})
 
     # part of a head, then nothing: cut after the head timeout (before: held forever)
     s = connect(gw)
@@ -71,6 +72,13 @@ def test_a_stalled_request_head_is_cut_and_a_slow_body_is_not(gateway, upstream)
 
     # the next request on the same keep-alive connection has its own head deadline
     s.sendall(b"GET /api HTTP/1.1\r\nHo")
+    assert closed_by_peer(s)
+    s.close()
+
+    # a partial head pipelined behind a slow request: the slow response is not lost
+    s = connect(gw)
+    s.sendall(b"GET /up/slow?ms=800 HTTP/1.1\r\nHost: a\r\n\r\nGET /api HTTP/1.1\r\nHo")
+    assert read_response(s).startswith(b"HTTP/1.1 200 ")
     assert closed_by_peer(s)
     s.close()
 
@@ -121,6 +129,42 @@ def test_request_target_counts_against_the_header_limit_and_host_must_be_one_val
     for host in (b"example.com", b"example.com:8080", b"127.0.0.1:1", b"[::1]:8080", b"xn--bcher-kva.example", b""):
         assert exchange(gw, b"GET /api HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")[0] == 200, host
     assert len(upstream.requests) == 1 + 6
+
+
+def refused_while_streaming(gw, start: bytes, filler: bytes) -> bytes:
+    """Send `start`, then `filler` in 64 KiB pieces (20 MB at most), never ending the head;
+    return what the gateway answered (b"" if it only closed)."""
+    import select
+
+    s = connect(gw)
+    try:
+        s.sendall(start)
+        piece = filler * (65536 // len(filler))
+        for _ in range(20 * 1024 * 1024 // len(piece)):
+            if select.select([s], [], [], 0)[0]:
+                break  # answered while the head is still streaming
+            s.sendall(piece)
+        return read_response(s)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def test_an_oversized_head_is_refused_while_it_streams_not_after(gateway, upstream):
+    # `kairos serve` counts the head as it is parsed: a 20 MB header line is never held in memory
+    gw = gateway({"server": {"max_header_bytes": 4096, "request_header_timeout_ms": 20000},
+                  "routers": [route(upstream)]})
+    answer = refused_while_streaming(gw, b"GET /api HTTP/1.1\r\nHost: a\r\nX-Big: ", b"b")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["type"] == "header_too_large"
+    answer = refused_while_streaming(gw, b"GET /api?q=", b"q")
+    assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["type"] == "uri_too_long"
+    answer = refused_while_streaming(gw, b"GET /api HTTP/1.1\r\nHost: a\r\n", b"X: 1\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]  # beyond max_headers (100)
+    assert exchange(gw, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 200
+    assert len(upstream.requests) == 1
 
 
 # --------------------------------------------------------------------------- identity headers
@@ -255,7 +299,8 @@ app = Starlette(routes=[Mount("/gw", create_app({config!r}))])
 
 @pytest.mark.parametrize("started_by", ["kairos serve", "uvicorn kairos.app:app", "mounted"])
 def test_exactly_one_server_and_date_header(gateway, upstream, tmp_path, started_by):
-    config = {"routers": [route(upstream)]}
+    # /cached: a hit is answered from a stored response (which keeps a Date of its own)
+    config = {"routers": [route(upstream), route(upstream, "/cached", methods=["GET"], cache={"enabled": True})]}
     if started_by == "kairos serve":
         gw = gateway(config)
         prefix = b""
@@ -263,11 +308,12 @@ def test_exactly_one_server_and_date_header(gateway, upstream, tmp_path, started
         gw = UvicornProcess(tmp_path, config, mounted=started_by == "mounted")
         prefix = b"/gw" if started_by == "mounted" else b""
     try:
-        for path in (b"/api", b"/nowhere", b"/health"):
+        for path in (b"/api", b"/nowhere", b"/health", b"/cached", b"/cached"):
             status, headers, _ = exchange(gw, b"GET " + prefix + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
             assert status in (200, 404), status
             assert len(headers.get("server", [])) == 1, (path, headers)
             assert len(headers.get("date", [])) == 1, (path, headers)
+        assert headers["x-cache"] == ["HIT"], headers  # the last one came from the cache
         # the upstream's own (aiohttp's) is replaced, as nginx does
         assert "aiohttp" not in exchange(gw, b"GET " + prefix + b"/api HTTP/1.1\r\nHost: a\r\n\r\n")[1]["server"][0]
     finally:

@@ -12,7 +12,7 @@ from kairos.errors import GatewayError
 from kairos.transform import jsonpointer
 from kairos.transform.condition import ConditionError, compile_condition
 from kairos.transform.config import QueryEdit, RequestHeaderEdit, ResponseHeaderEdit, PathRewrite
-from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap
+from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap, group_expander
 from kairos.transform.config import JsonEdit, StatusMapping
 from kairos.transform.rustre import RegexError, compile_rust, translate
 from kairos.transform.template import Template, TemplateError
@@ -263,6 +263,12 @@ def test_request_header_targets_refused(name):
         RequestHeaderEdit.model_validate({"action": "rename", "name": "X-A", "to": name})
 
 
+def test_line_breaks_in_a_configured_header_value_are_config_errors():
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        RequestHeaderEdit.model_validate({"action": "set", "name": "X-A", "value": "a\r\nX-Evil: 1"})
+    QueryEdit.model_validate({"action": "set", "name": "a", "value": "a\nb"})  # percent-encoded in a query
+
+
 def test_response_may_edit_host_like_names_but_not_framing_nor_the_servers_own():
     ResponseHeaderEdit.model_validate({"action": "set", "name": "X-Request-ID", "value": "x"})
     ResponseHeaderEdit.model_validate({"action": "remove", "name": "Server"})  # kairos-rs's example
@@ -370,6 +376,17 @@ def test_route_dependent_template_problems():
     ]
 
 
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    from kairos.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "transform.json", use_env=False)
+    first, second = config.routers
+    assert first.request_transformation.path.replacement == "/v2/$1"
+    assert second.auth_required and second.response_transformation.max_json_body == 262144
+
+
 def test_unknown_key_in_a_block():
     assert any("request_transformation.header: unknown key 'header' (did you mean 'headers'?)" in p
                for p in problems(request_transformation={"header": []}))
@@ -435,6 +452,7 @@ def test_replacement_expands_like_rust(replacement):
         return  # e.g. '$${1}': a '{' outside '${...}' opens a template here (Rust would take it literally)
     t.bind_groups(regex)
     assert t.render(None, match=m) == rust_expand(m, replacement)
+    assert group_expander(t)(m) == rust_expand(m, replacement)  # the fast path used at run time
 
 
 _PIECE = st.text(alphabet="ab=%2F+x&", min_size=0, max_size=6)

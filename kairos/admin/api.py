@@ -30,7 +30,7 @@ from kairos.admin.control import reload_counts
 from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
-from kairos.admin.stats import StatsSampler
+from kairos.admin.stats import StatsSampler, read_sample, read_workers_sample
 from kairos.admin.store import ConfigStore
 from kairos.admin.tokens import FailureThrottle, Identity, TokenSetupError, TokenTable, bearer_token
 from kairos.config import ConfigError, parse_config
@@ -91,7 +91,7 @@ class AdminState:
         self.throttle = throttle or FailureThrottle()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
-        self.sampler = StatsSampler()
+        self.sampler = StatsSampler(read_workers_sample if control.mode == "workers" else read_sample)
         self.sampler.routes = self.route_keys
 
     def route_keys(self) -> list[tuple[str, str, list[str]]]:
@@ -183,16 +183,23 @@ async def change(request: Request, state: AdminState, who: Identity, action: str
         except Exception as exc:
             raise Problem(422, "the change does not compile",
                           problems=[redact(f"{exc.__class__.__name__}: {exc}")]) from None
+        summary = summarize(current, new)
         try:
             store.ensure_initial(raw, current)
+        except OSError as exc:  # the history is a convenience: it never blocks a change
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
+        try:
             data = store.write(new)
         except OSError as exc:
             state.control.revert(old_config)
             log_event("admin_write_failed", logging.ERROR, path=str(store.path), error=str(exc))
             raise Problem(500, f"the config file could not be written ({exc.strerror}); the previous config stays live") from None
         state.control.written(hashlib.sha256(data).digest())
-        summary = summarize(current, new)
-        version = store.record(new, who.name, {"action": action, **summary}, data)
+        try:
+            version: int | None = store.record(new, who.name, {"action": action, **summary}, data)
+        except OSError as exc:
+            version = None
+            log_event("admin_history_not_kept", logging.WARNING, path=str(store.history_dir), error=str(exc))
         state.last_change = {"time": time.time(), "actor": who.name, "result": "applied", "version": version}
         log_event("audit", actor=who.name, role=who.role, action=action, version=version, etag=etag_of(data), **summary)
     result = {"etag": etag_of(data), "version": version, "summary": summary}
@@ -396,8 +403,6 @@ def build_operations(state: AdminState) -> list[Operation]:
             req = schemas.MatchRequest.model_validate(body)
         except ValueError as exc:
             raise Problem(400, "give {\"method\": \"GET\", \"url\": \"/path?query\"}: " + str(exc).splitlines()[0]) from None
-        if not req.method.isalpha() or len(req.method) > 16:
-            raise Problem(400, "method must be an HTTP method name")
         return json_response(match_request(control.config, req.method, req.url))
 
     async def get_openapi(request: Request, who: Identity) -> Response:
@@ -411,7 +416,8 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("GET", "/admin/whoami", whoami, "the token's name and role", S.Whoami),
         Operation("GET", "/admin/openapi.json", get_openapi, "this document", extra={"schema": {"type": "object"}}),
         Operation("GET", "/admin/config", get_config, "the config file, secrets redacted; ETag header",
-                  extra={"schema": config_ref}),
+                  extra={"schema": {"type": "object", "description": "the config document (GatewayConfig's shape) "
+                                    "with every secret replaced by \"***\""}}),
         Operation("PUT", "/admin/config", put_config, "replace the whole config", S.ChangeResult, write=True,
                   if_match=True, statuses=(400, 404), extra={"body_ref": config_ref}),
         Operation("POST", "/admin/config/validate", validate_config, "dry run: the problem list of `kairos validate`",
@@ -445,7 +451,8 @@ def build_operations(state: AdminState) -> list[Operation]:
         Operation("DELETE", "/admin/cache", purge_cache, "remove cached responses: all, ?route= (id or external_path), ?prefix=",
                   S.PurgeResult, write=True, statuses=(400, 404, 502),
                   extra={"query": [{"name": "route", "in": "query", "required": False, "schema": {"type": "string"}},
-                                   {"name": "prefix", "in": "query", "required": False, "schema": {"type": "string"}}]}),
+                                   {"name": "prefix", "in": "query", "required": False,
+                                    "schema": {"type": "string", "pattern": "^/"}}]}),
         Operation("POST", "/admin/match", match, "method + URL -> route, backends, policies", S.MatchResult,
                   statuses=(400,), body=S.MatchRequest),
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from kairos import __version__
 from kairos.config.models import GatewayConfig, RouterConfig
@@ -73,7 +73,7 @@ class Summary(Out):
 
 class ChangeResult(Out):
     etag: str
-    version: int
+    version: int | None  # None: live and written, but the history could not be kept (logged)
     summary: Summary
     route_id: str | None = None
 
@@ -149,8 +149,8 @@ class PurgeResult(Out):
 
 class MatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: str
-    url: str
+    method: str = Field(pattern=r"^[A-Za-z]{1,16}$")
+    url: str = Field(min_length=1, max_length=8192)
 
 
 class MatchResult(Out):

@@ -35,9 +35,13 @@ class Sample:
 
 
 def read_sample(t: float | None = None) -> Sample:
-    if metrics.multiprocess_dir():
-        return _from_collector(t)
+    """This process's own series (one gateway process, whatever its metrics storage)."""
     return _from_process(t)
+
+
+def read_workers_sample(t: float | None = None) -> Sample:
+    """Every worker's series (the supervisor of `--workers N`)."""
+    return _from_collector(t)
 
 
 def _from_process(t: float | None) -> Sample:

@@ -186,7 +186,7 @@ class Cache:
 
     def _view(self, entry: StoredEntry) -> Entry:
         """The entry as hishel sees it: `ttl_secs` as the freshness when the response states none,
-        and an upstream `Age` folded into the date hishel computes the age from."""
+        and the date hishel computes the age from set to when the entry was born."""
         view = entry.view
         if view is not None:
             return view
@@ -195,13 +195,9 @@ class Cache:
         if cc.max_age is None and cc.s_maxage is None and "expires" not in headers:
             headers.setdefault("cache-control", []).append(f"s-maxage={self.policy.ttl}")
         # The age counts from when this cache received the response (less any Age it already
-        # had), by this gateway's clock: an upstream's skewed Date must not age entries.
+        # had: stored_at is set back by it), by this gateway's clock: an upstream's skewed Date
+        # must not age entries.
         born = entry.stored_at
-        if "age" in headers:
-            try:
-                born -= max(0, int(headers.pop("age")[0]))
-            except ValueError:
-                pass
         headers["date"] = [email.utils.formatdate(born, usegmt=True)]
         view = Entry(uuid.UUID(entry.id), Request("GET", entry.base.partition(" ")[2], Headers(entry.request_headers)),
                      Response(entry.status, Headers(headers)))
@@ -300,6 +296,7 @@ class Cache:
             return
         if not any(n == b"content-length" for n, _ in headers):
             headers.append((b"content-length", str(len(entry.body)).encode()))
+        scope["kairos.cached_body"] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else entry.body})
 
@@ -453,7 +450,9 @@ class Cache:
                                                   decision["response"], True)
                 headers = [h for h in _raw(merged.headers) if h[0] not in _OWN]
                 refreshed = old.replacing(headers, now, now + self._keep_s(headers))
-                await self.store.put(refreshed, [refreshed.id])
+                await self.store.put(refreshed)
+            if stale_ids:
+                await self.store.remove(base, stale_ids)
             self.policy.requests["revalidated"].inc()
             return refreshed if refreshed is not None else "retry"
         self.policy.requests["miss"].inc()
@@ -554,8 +553,15 @@ class Cache:
         for name in vary_names:
             if name in hmap:
                 req_headers[name] = hmap[name]
+        age = 0
+        for n, v in headers:
+            if n.lower() == b"age":
+                try:
+                    age = max(0, int(v))
+                except ValueError:
+                    pass
         now = time.time()
-        return StoredEntry(base, extras, req_headers, status, stored, b"", now, now + self._keep_s(stored))
+        return StoredEntry(base, extras, req_headers, status, stored, b"", now - age, now + self._keep_s(stored))
 
     def _keep_s(self, headers: list[tuple[bytes, bytes]]) -> float:
         """How long an entry stays useful: its freshness, the stale windows, and for an entry

@@ -258,7 +258,7 @@ class RedisStore:
 
     async def put(self, entry: StoredEntry, replaces: list[str] | None = None) -> None:
         ttl_ms = max(1, int((entry.keep_until - time.time()) * 1000))
-        args = [entry.id, entry.dumps(), ttl_ms, *(replaces or ())]
+        args = [entry.id, entry.dumps(), ttl_ms, *(i for i in replaces or () if i != entry.id)]
         await self._call(self._put, keys=[self.prefix + entry.base], args=args)
 
     async def delete(self, base: str) -> None:

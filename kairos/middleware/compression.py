@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections import OrderedDict
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import brotli
 
@@ -177,12 +178,44 @@ def _media_pattern(patterns: list[str]) -> re.Pattern[str]:
 
 
 # --------------------------------------------------------------------------- the layer
+CACHED_BODY = "kairos.cached_body"  # scope key set by the cache when it answers with a stored body
+ENCODED_BUDGET = 8 * 1024 * 1024
+
+
+class EncodedBodies:
+    """Compressed forms of cached bodies, LRU within a byte budget: a cache hit is compressed
+    once per coding, not once per request."""
+
+    __slots__ = ("budget", "used", "_bodies")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._bodies: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        data = self._bodies.get(key)
+        if data is not None:
+            self._bodies.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[Any, ...], data: bytes) -> None:
+        if len(data) > self.budget // 8 or key in self._bodies:
+            return
+        self._bodies[key] = data
+        self.used += len(data)
+        while self.used > self.budget:
+            _, old = self._bodies.popitem(last=False)
+            self.used -= len(old)
+
+
 class CompressionPolicy:
     """A route's compiled `compression` block."""
 
-    __slots__ = ("level", "min_size", "codings", "_types", "_type_cache", "_ae_cache")
+    __slots__ = ("level", "min_size", "codings", "_types", "_type_cache", "_ae_cache", "encoded")
 
     def __init__(self, config: CompressionConfig) -> None:
+        self.encoded = EncodedBodies(ENCODED_BUDGET)
         self.level = config.level
         self.min_size = config.min_size
         self.codings = config.codings()
@@ -260,7 +293,16 @@ class Compression:
                         await send(message)
                     return
                 if enc is None:
-                    message["body"] = compress_whole(coding, policy.level, body)  # type: ignore[arg-type]
+                    cached = scope.get(CACHED_BODY)
+                    if cached is not None:  # the cache's stored body: compressed once per coding
+                        key = (cached, len(body), coding)
+                        data = policy.encoded.get(key)
+                        if data is None:
+                            data = compress_whole(coding, policy.level, body)  # type: ignore[arg-type]
+                            policy.encoded.put(key, data)
+                        message["body"] = data
+                    else:
+                        message["body"] = compress_whole(coding, policy.level, body)  # type: ignore[arg-type]
                 else:
                     message["body"] = enc.finish(body)
                 compressing = False

@@ -19,7 +19,7 @@ Also here: hop-by-hop filtering in both directions and the has-body rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +42,28 @@ def has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+# The server in front of the client writes these itself (uvicorn: `server`, `date`). As
+# nginx does (proxy_hide_header's defaults), an upstream's or a stored response's own are
+# not passed on, so the client gets exactly one of each, whoever produced the response.
+_WRITTEN_BY_SERVER = frozenset({b"server", b"date"})
+_BODILESS_DROP = _WRITTEN_BY_SERVER | {b"content-length"}
+
+
+def _for_the_server(headers: Iterable[tuple[bytes, bytes]], status: int) -> Iterable[tuple[bytes, bytes]]:
+    """The response headers minus Server and Date; a 204 or 304 also loses Content-Length.
+
+    A 204/304 has no body whatever its Content-Length says (RFC 9110 8.6), but uvicorn
+    would wait for that many body bytes, raise, and drop the client's connection.
+    Names are lowercase here (ASGI; the relay lowercases the upstream's). Usually there
+    is nothing to drop (the relay already dropped them): then no new list is made.
+    """
+    drop = _BODILESS_DROP if status == 304 or status == 204 else _WRITTEN_BY_SERVER
+    for name, _ in headers:
+        if name in drop:
+            return [(n, v) for n, v in headers if n not in drop]
+    return headers
 
 
 class Exchange:
@@ -73,6 +95,9 @@ class Exchange:
             while i:
                 i -= 1
                 hooks[i](self.scope, message)
+            headers = message.get("headers")
+            if headers:
+                message["headers"] = _for_the_server(headers, self.status)
         elif kind == "websocket.close" and not self.started:
             self.started = True
             self.status = 403  # what servers answer an upgrade closed before it was accepted
@@ -158,7 +183,7 @@ def upstream_headers(
     not forge).
     """
     out: list[tuple[bytes, bytes]] = []
-    owned = _owned(strip)
+    dropped = _dropped(strip)
     client_host = b""
     forwarded_for = b""
     listed: set[str] | None = None
@@ -173,10 +198,8 @@ def upstream_headers(
         if name == b"x-forwarded-for":
             forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
             continue
-        if name in _SET_BY_GATEWAY or name in strip:
+        if name in dropped:
             continue
-        if b"_" in name and name.replace(b"_", b"-") in owned:
-            continue  # X_User_Id: CGI/WSGI upstreams read it as HTTP_X_USER_ID, the gateway's header
         out.append((name, value))
     if listed:
         out = [(n, v) for n, v in out if n.decode("latin-1") not in listed]
@@ -204,34 +227,42 @@ def upstream_headers(
 _SET_BY_GATEWAY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
 
 
+
+
+def _spellings(name: bytes) -> set[bytes]:
+    """Every spelling of `name` with any of its '-' written as '_' (x-user-id, x_user-id, ...)."""
+    out = {b""}
+    for part in name.split(b"-"):
+        out = {prefix + sep + part for prefix in out for sep in ((b"-", b"_") if prefix else (b"",))}
+    return out
+
+
 @lru_cache(maxsize=256)
-def _owned(strip: frozenset[bytes]) -> frozenset[bytes]:
-    """Header names only the gateway sets upstream: a client's look-alike of one is dropped."""
-    return strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}
+def _dropped(strip: frozenset[bytes]) -> frozenset[bytes]:
+    """Client request headers never forwarded: the gateway sets these itself (`strip`, X-Forwarded-*,
+    X-Request-ID), and a look-alike with '_' for '-' of any header it owns (CGI/WSGI upstreams read
+    X_User_Id as HTTP_X_USER_ID, the same variable as X-User-Id). Names arrive lowercased."""
+    dropped = set(strip | _SET_BY_GATEWAY)
+    for name in strip | _SET_BY_GATEWAY | {b"x-forwarded-for", b"host"}:
+        if name.count(b"-") <= 8:  # 2**8 spellings at most; a longer name keeps the all-'_' one
+            dropped |= _spellings(name) - {name}
+        else:
+            dropped.add(name.replace(b"-", b"_"))
+    dropped.discard(b"x-forwarded-for")  # appended to, not replaced (above)
+    return frozenset(dropped)
 
 
-# The server in front of the client writes its own (uvicorn: `server`, `date`); as nginx
-# does (proxy_hide_header's defaults), the upstream's are not passed on, so the client
-# gets exactly one of each.
-_REPLACED_BY_SERVER = frozenset({b"server", b"date"})
-
-
-def response_headers(raw: list[tuple[bytes, bytes]], status: int = 200) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate.
-
-    A 204 or 304 has no body whatever its Content-Length says (RFC 9110 8.6): the header is
-    dropped, since uvicorn would wait for that many body bytes and then drop the connection.
-    """
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers minus hop-by-hop ones and Server/Date; repeated headers stay separate."""
     out = []
     listed: set[str] | None = None
-    bodiless = status in (204, 304)
     for name, value in raw:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 listed = _connection_listed(value)
             continue
-        if lname in _REPLACED_BY_SERVER or (bodiless and lname == b"content-length"):
+        if lname in _WRITTEN_BY_SERVER:
             continue
         out.append((lname, value))
     if listed:

@@ -99,7 +99,7 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": response_headers(response.raw_headers, status),
+                "headers": response_headers(response.raw_headers),
             }
         )
         if scope["method"] == "HEAD" or status in (204, 304):

@@ -122,6 +122,13 @@ class _Edit(_Block):
 class _HeaderEdit(_Edit):
     FORBIDDEN: ClassVar[tuple[str, ...]] = ()
 
+    @field_validator("value", "replacement")
+    @classmethod
+    def _no_line_breaks(cls, value: str | None) -> str | None:
+        if value is not None and ("\r" in value or "\n" in value or "\0" in value):
+            raise _problem("a header value cannot contain CR, LF or NUL")
+        return value
+
     def check_name(self, name: str) -> None:
         if not name or not set(name) <= _TOKEN_CHARS:
             raise _problem(f"'{name}' is not a valid header name")

@@ -24,7 +24,6 @@ from kairos.transform.view import RequestView
 
 Headers = list[tuple[bytes, bytes]]
 _ORDER = {action: i for i, action in enumerate(ACTIONS)}
-_UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 # Left as they are in a query value: RFC 3986 sub-delims minus the query's own '&', '=', '+'.
 _QUERY_SAFE = "/:@!$'()*,;-._~"
 
@@ -36,7 +35,7 @@ def _sorted(edits: list) -> list:
 class _Op:
     """One compiled header or query edit."""
 
-    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "sub_template")
+    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "expand")
 
     def __init__(self, edit: _Edit, *, header: bool) -> None:
         self.action = edit.action
@@ -46,15 +45,14 @@ class _Op:
         self.replacement = Template(edit.replacement, groups=True) if edit.replacement is not None else None
         if self.regex is not None and self.replacement is not None:
             self.replacement.bind_groups(self.regex)
-        # A replacement without templates runs as re's own template (parsed once and cached by re).
-        self.sub_template = python_template(self.replacement) if self.replacement is not None else None
+        # A replacement without templates needs no RequestView.
+        self.expand = group_expander(self.replacement) if self.replacement is not None else None
         self.constant: bytes | None = None  # a header value known at load time, encoded once
         if header:
             self.name: Any = edit.name.lower().encode("latin-1")
             self.to: Any = edit.to.lower().encode("latin-1") if edit.to is not None else None
-            if self.value is not None and self.value.constant is not None:
-                if not _UNSAFE_VALUE.search(self.value.constant):
-                    self.constant = _to_bytes(self.value.constant)
+            if self.value is not None and self.value.constant is not None:  # no CR/LF/NUL: config.py
+                self.constant = _to_bytes(self.value.constant)
         else:
             self.name = edit.name
             self.to = edit.to
@@ -66,24 +64,29 @@ class _Op:
 
     def substitute(self, text: str, view: RequestView) -> str:
         assert self.regex is not None
-        if self.sub_template is not None:
-            return self.regex.sub(self.sub_template, text)
+        if self.expand is not None:
+            return self.regex.sub(self.expand, text)
         replacement = self.replacement
         assert replacement is not None
         return self.regex.sub(lambda m: replacement.render(view, match=m), text)
 
 
-def python_template(replacement: Template) -> str | None:
-    """The replacement in re.sub's own template syntax, when it has only literals and groups."""
-    out = []
+def group_expander(replacement: Template) -> Callable[[re.Match[str]], str] | None:
+    """The replacement as a function of the match, when it has only literals and groups
+    (twice as fast as re's own template expansion on Python 3.11)."""
+    items: list[str | int] = []
     for part in replacement.parts:
         if isinstance(part, str):
-            out.append(part.replace("\\", "\\\\"))
+            items.append(part)
         elif part.kind != GROUP:
             return None
         elif part.index is not None:
-            out.append(f"\\g<{part.index}>")
-    return "".join(out)
+            items.append(part.index)
+    if len(items) == 1 and isinstance(items[0], str):
+        text = items[0]
+        return lambda m: text
+    frozen = tuple(items)
+    return lambda m: "".join([i if i.__class__ is str else (m.group(i) or "") for i in frozen])  # type: ignore[misc]
 
 
 def _to_bytes(text: str) -> bytes:
@@ -108,7 +111,7 @@ class HeaderEdits:
         return self._safe(op.value.render(view), op, view)  # type: ignore[union-attr]
 
     def _safe(self, text: str, op: _Op, view: RequestView) -> bytes | None:
-        if _UNSAFE_VALUE.search(text):
+        if "\r" in text or "\n" in text or "\0" in text:
             log_event(
                 "transform_header_dropped", logging.WARNING, request_id=view.scope.get("kairos.request_id", ""),
                 route=view.route_name, side=self.side, header=op.label,
@@ -248,18 +251,20 @@ class PathRewriter:
     """`path {pattern, replacement}` against the raw client path: the first match is replaced
     (Rust's `Regex::replace`, APISIX's regex_uri); no match -> None (internal_path applies)."""
 
-    __slots__ = ("regex", "replacement")
+    __slots__ = ("regex", "replacement", "expand")
 
     def __init__(self, rewrite: PathRewrite) -> None:
         self.regex = compile_rust(rewrite.pattern)
         self.replacement = Template(rewrite.replacement, groups=True)
         self.replacement.bind_groups(self.regex)
+        self.expand = group_expander(self.replacement)
 
     def apply(self, path: str, view: RequestView) -> str | None:
         m = self.regex.search(path)
         if m is None:
             return None
-        new = path[: m.start()] + self.replacement.render(view, url=True, match=m) + path[m.end():]
+        middle = self.expand(m) if self.expand is not None else self.replacement.render(view, url=True, match=m)
+        new = path[: m.start()] + middle + path[m.end():]
         problem = unsafe_path(new)
         if problem:
             raise GatewayError("bad_request", f"the rewritten path {problem}")
