@@ -374,6 +374,15 @@ async def test_sigterm_drains_websockets_and_exits_0(gateway, ws_upstream):
     assert gw.wait(15) == 0
 
 
+async def test_sigterm_with_workers_closes_every_workers_connections(gateway, ws_upstream):
+    gw = gateway(config(ws_route(ws_upstream, "/hold", "/hold")), workers=2)
+    conns = [await connect(ws_url(gw, "/hold"), proxy=None, open_timeout=5) for _ in range(4)]
+    gw.proc.send_signal(signal.SIGTERM)
+    for ws in conns:  # spread over both workers by the kernel; each worker drains its own
+        assert await closed(ws) == (1001, "going away")
+    assert gw.wait(20) == 0
+
+
 # --------------------------------------------------------------------------- entry points and compat
 async def test_uvicorn_entry_point_and_the_compat_websocket_route(tmp_path, ws_upstream, compat_dir):
     """`uvicorn kairos.app:app` with kairos-rs's own config file, its websocket route pointed at our upstream."""
