@@ -145,6 +145,7 @@ class RequestHeadProtocol(HttpToolsProtocol):
         self.server_settings = _server_settings_of(self.app)
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_open = False  # between on_message_begin and on_headers_complete
+        self.head_serial = 0  # which request's head (one per on_message_begin)
         self.head_bytes = 0  # target bytes parsed
         self.head_count = 0  # headers parsed
         self.max_head_bytes = self.max_wire_bytes = 0
@@ -161,6 +162,7 @@ class RequestHeadProtocol(HttpToolsProtocol):
         settings = self.server_settings()
         self.head_bytes = self.head_count = self.head_wire_bytes = 0
         self.head_open = True
+        self.head_serial += 1
         self.max_head_bytes = settings.max_header_bytes
         # Heads a little over the limits are read whole and refused by HeaderLimits in the app
         # (with the security headers and request id of any other answer); this cap is for
@@ -222,16 +224,16 @@ class RequestHeadProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.head_refused is not None:
             return  # lingering after a refused head: what the client still sends is dropped
-        if self.head_open:
-            # httptools keeps a header line to itself until it ends (on_header comes after),
-            # so a head that never ends is also counted here, on the wire, with room for the
-            # request line and separators; the exact count is on_url's and on_header's.
+        head = self.head_serial if self.head_open else -1
+        super().data_received(data)
+        if head == self.head_serial and self.head_open and self.head_refused is None:
+            # httptools keeps a header line to itself until the line ends (on_header comes
+            # after), so a head that never ends is counted here, on the wire: a read that
+            # neither began nor ended the head was all head.
             self.head_wire_bytes += len(data)
             if self.max_wire_bytes and self.head_wire_bytes > self.max_wire_bytes:
                 self.head_refused = ("header_too_large", f"request head is over {self.max_head_bytes} bytes")
                 self.send_400_response("")
-                return
-        super().data_received(data)
 
     def _start_head_clock(self) -> None:
         timeout = self.server_settings().request_header_timeout_ms / 1000
