@@ -476,3 +476,13 @@ async def test_a_hit_is_compressed_once_per_coding(monkeypatch):
     assert calls == ["gzip", "gzip"]  # the miss, then the first hit; the second hit reused it
     await get(app, headers={"accept-encoding": "br"})
     assert calls == ["gzip", "gzip", "br"]
+
+
+async def test_redis_waiters_stop_waiting_when_the_other_instance_stores_nothing(redis_clean):
+    origin = Origin(ok(**{"cache-control": "private"}))  # never stored
+    origin.delay = 0.2
+    one = redis_layer(origin, redis_clean, coalesce_timeout_ms=600_000)
+    two = redis_layer(origin, redis_clean, coalesce_timeout_ms=600_000)
+    # Without noticing the lock go away, the second would wait out its 10-minute timeout.
+    results = await asyncio.wait_for(asyncio.gather(get(one), get(two)), 30)
+    assert all(s == 200 for s, _, _ in results) and len(origin.calls) == 2
