@@ -94,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
-        # uvicorn's httptools protocol + server.request_header_timeout_ms
-        http="kairos.server:HeadTimeoutProtocol",
+        # uvicorn's httptools protocol + the request-head deadline and caps, enforced while reading
+        http="kairos.server:RequestHeadProtocol",
         # uvicorn's WebSocket protocol, with permessage-deflate decided per route (docs/websocket.md).
         ws="kairos.websocket.protocol:WebSocketProtocol",
     )

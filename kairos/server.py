@@ -11,10 +11,13 @@ as asyncio's own loop does with its backlog) and hands each socket to the loop's
 `connect_accepted_socket` with uvicorn's protocol. Everything else -- protocol,
 lifespan, graceful shutdown -- stays uvicorn's.
 
-HeadTimeoutProtocol is uvicorn's httptools protocol with a deadline for the request
-head (`server.request_header_timeout_ms`, nginx's `client_header_timeout`): uvicorn
-has a keep-alive timeout but none for a head that starts and then stalls, so one
-byte every few seconds holds a connection forever (slowloris).
+RequestHeadProtocol is uvicorn's httptools protocol with the request-head limits
+enforced while the head is read: a deadline (`server.request_header_timeout_ms`,
+nginx's `client_header_timeout`; uvicorn has a keep-alive timeout but none for a
+head that starts and then stalls, so one byte every few seconds holds a
+connection forever: slowloris) and the byte and count caps (`server.max_header_bytes`,
+`server.max_headers`; uvicorn would otherwise hold a head of any size in memory
+before the app could refuse it).
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ import socket
 import sys
 from collections.abc import Callable
 
+from http import HTTPStatus
+
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from kairos.config.models import ServerConfig
+from kairos.errors import STATUS, error_body
 
 logger = logging.getLogger("uvicorn.error")
 STARTUP_FAILURE = 3
@@ -97,33 +105,52 @@ class GreedyAcceptor:
         return None
 
 
-DEFAULT_HEAD_TIMEOUT_S = 10.0
+# After refusing an oversized head, how long what the client still sends is read and dropped.
+LINGER_S = 2.0
 
 
-def _head_timeout_of(app: object) -> Callable[[], float]:
-    """Where the head deadline is read: the served gateway's current config (a reload changes it)."""
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop reading a head beyond the limits."""
+
+
+def _server_settings_of(app: object) -> Callable[[], ServerConfig]:
+    """Where the head limits are read: the served gateway's current config (a reload changes them)."""
     for _ in range(4):  # the app may sit inside uvicorn's own wrappers (`.app`)
         gateway = getattr(getattr(app, "state", None), "gateway", None)
         if gateway is not None:
-            return lambda: gateway.runtime.config.server.request_header_timeout_ms / 1000
+            return lambda: gateway.runtime.config.server
         app = getattr(app, "app", None)
-    return lambda: DEFAULT_HEAD_TIMEOUT_S
+    defaults = ServerConfig()
+    return lambda: defaults
 
 
-class HeadTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, closing a connection whose request head does not arrive in time.
+class RequestHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, enforcing the request-head limits while the head is read.
 
-    The clock starts when the connection is made (a client that connects and sends nothing
-    is cut too) and again at the first byte of each later request; it stops when the head
-    is complete. Between requests uvicorn's own keep-alive timeout applies, and a slow body
-    is the route's timeout's business. As nginx does, nothing is answered: the connection
-    is closed.
+    Deadline: the clock starts when the connection is made (a client that connects and
+    sends nothing is cut too) and again at the first byte of each later request; it stops
+    when the head is complete. Between requests uvicorn's own keep-alive timeout applies,
+    and a slow body is the route's timeout's business. As nginx does, nothing is answered:
+    the connection is closed.
+
+    Size: the head is counted as it arrives; at twice `server.max_header_bytes` (+ 8 KiB
+    for the request line and separators) or twice `max_headers` it is refused at once with
+    the gateway's JSON 414 (the target) or 431, and the connection closed after a lingering
+    read, before the rest is held in memory. A head only a little over the limits is read
+    whole and refused by HeaderLimits in the app, as under any other server.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.head_timeout = _head_timeout_of(self.app)
+        self.server_settings = _server_settings_of(self.app)
         self.head_timer: asyncio.TimerHandle | None = None
+        self.head_open = False  # between on_message_begin and on_headers_complete
+        self.head_bytes = 0  # target bytes parsed
+        self.head_count = 0  # headers parsed
+        self.max_head_bytes = self.max_wire_bytes = 0
+        self.head_wire_bytes = 0  # bytes received while the head is open
+        self.max_head_count = 0
+        self.head_refused: tuple[str, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -131,19 +158,83 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        settings = self.server_settings()
+        self.head_bytes = self.head_count = self.head_wire_bytes = 0
+        self.head_open = True
+        self.max_head_bytes = settings.max_header_bytes
+        # Heads a little over the limits are read whole and refused by HeaderLimits in the app
+        # (with the security headers and request id of any other answer); this cap is for
+        # heads that would otherwise grow without end.
+        self.max_wire_bytes = 2 * self.max_head_bytes + 8192 if self.max_head_bytes else 0
+        self.max_head_count = settings.max_headers
         if self.head_timer is None:
             self._start_head_clock()
 
+    def on_url(self, url: bytes) -> None:
+        self.head_bytes += len(url)
+        if self.max_wire_bytes and self.head_bytes > self.max_wire_bytes:
+            self._refuse("uri_too_long", f"the request target is over {self.max_head_bytes} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_count += 1
+        if self.max_head_count and self.head_count > 2 * self.max_head_count:
+            self._refuse("header_too_large", f"more than {self.max_head_count} request headers")
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
+        self.head_open = False
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
         super().connection_lost(exc)
 
+    def _refuse(self, kind: str, message: str) -> None:
+        # llhttp turns the exception into HttpParserCallbackError, which uvicorn answers
+        # with send_400_response: that is where the gateway's own answer is written.
+        self.head_refused = (kind, message)
+        raise HeadTooLarge(message)
+
+    def send_400_response(self, msg: str) -> None:
+        if self.head_refused is None:
+            super().send_400_response(msg)
+            return
+        kind, message = self.head_refused
+        body = error_body(kind, message, "")
+        content = [b"HTTP/1.1 %d %s\r\n" % (STATUS[kind], HTTPStatus(STATUS[kind]).phrase.encode())]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.append(b"content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n")
+        content.append(b"content-length: %d\r\n\r\n" % len(body))
+        content.append(body)
+        self.transport.write(b"".join(content))
+        if self.transport.can_write_eof():
+            # nginx's lingering close: the client is still sending its head; closing now would
+            # answer that with a reset, which destroys our answer in its receive buffer. Read
+            # and drop for a moment instead (data_received), then close.
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_refused is not None:
+            return  # lingering after a refused head: what the client still sends is dropped
+        if self.head_open:
+            # httptools keeps a header line to itself until it ends (on_header comes after),
+            # so a head that never ends is also counted here, on the wire, with room for the
+            # request line and separators; the exact count is on_url's and on_header's.
+            self.head_wire_bytes += len(data)
+            if self.max_wire_bytes and self.head_wire_bytes > self.max_wire_bytes:
+                self.head_refused = ("header_too_large", f"request head is over {self.max_head_bytes} bytes")
+                self.send_400_response("")
+                return
+        super().data_received(data)
+
     def _start_head_clock(self) -> None:
-        timeout = self.head_timeout()
+        timeout = self.server_settings().request_header_timeout_ms / 1000
         if timeout > 0:
             self.head_timer = self.loop.call_later(timeout, self._head_timed_out)
 

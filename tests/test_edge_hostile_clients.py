@@ -131,6 +131,42 @@ def test_request_target_counts_against_the_header_limit_and_host_must_be_one_val
     assert len(upstream.requests) == 1 + 6
 
 
+def refused_while_streaming(gw, start: bytes, filler: bytes) -> bytes:
+    """Send `start`, then `filler` in 64 KiB pieces (20 MB at most), never ending the head;
+    return what the gateway answered (b"" if it only closed)."""
+    import select
+
+    s = connect(gw)
+    try:
+        s.sendall(start)
+        piece = filler * (65536 // len(filler))
+        for _ in range(20 * 1024 * 1024 // len(piece)):
+            if select.select([s], [], [], 0)[0]:
+                break  # answered while the head is still streaming
+            s.sendall(piece)
+        return read_response(s)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def test_an_oversized_head_is_refused_while_it_streams_not_after(gateway, upstream):
+    # `kairos serve` counts the head as it is parsed: a 20 MB header line is never held in memory
+    gw = gateway({"server": {"max_header_bytes": 4096, "request_header_timeout_ms": 20000},
+                  "routers": [route(upstream)]})
+    answer = refused_while_streaming(gw, b"GET /api HTTP/1.1\r\nHost: a\r\nX-Big: ", b"b")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["type"] == "header_too_large"
+    answer = refused_while_streaming(gw, b"GET /api?q=", b"q")
+    assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["type"] == "uri_too_long"
+    answer = refused_while_streaming(gw, b"GET /api HTTP/1.1\r\nHost: a\r\n", b"X: 1\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]  # beyond max_headers (100)
+    assert exchange(gw, b"GET /api HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 200
+    assert len(upstream.requests) == 1
+
+
 # --------------------------------------------------------------------------- identity headers
 
 

@@ -121,6 +121,7 @@ class UpstreamClient:
         connect_timeout: float | None = None,
         limits: PoolLimits | None = None,
         upgrade: bool = False,
+        pool_timeout: float | None = None,
     ) -> Response:
         """Send one request; the response's body is still unread (stream it, then release())."""
         pool = self._pool
@@ -130,5 +131,5 @@ class UpstreamClient:
             pool = self._pool
             assert pool is not None
         return await pool.request(
-            scheme, host, port, method, target, headers, body, connect_timeout, limits, upgrade
+            scheme, host, port, method, target, headers, body, connect_timeout, limits, upgrade, pool_timeout
         )

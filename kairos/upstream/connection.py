@@ -270,7 +270,14 @@ class Connection(asyncio.Protocol):
             if te.strip().lower() != b"chunked":
                 raise UpstreamProtocolError(f"upstream Transfer-Encoding {te[:40]!r} is not supported (only chunked)")
             framed = True
-        response._head_received(status, parser.should_keep_alive(), framed)
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive and not framed and response._head_only:
+            # llhttp expects a close-delimited body here; a HEAD response has none, so only
+            # the version and Connection decide.
+            keep_alive = parser.get_http_version() == "1.1" and not any(
+                name.lower() == b"connection" and b"close" in value.lower() for name, value in headers
+            )
+        response._head_received(status, keep_alive, framed)
 
     def on_body(self, body: bytes) -> None:
         response = self.response

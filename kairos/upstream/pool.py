@@ -247,7 +247,9 @@ class UpstreamPool:
 
     # --- acquiring ------------------------------------------------------------------------
 
-    async def _acquire(self, origin: Origin, connect_timeout: float | None) -> Connection:
+    async def _acquire(
+        self, origin: Origin, connect_timeout: float | None, pool_timeout: float | None = None
+    ) -> Connection:
         conn = self._take_idle(origin)
         if conn is not None:
             return conn
@@ -264,21 +266,27 @@ class UpstreamPool:
             waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
             origin.waiters.append(waiter)
             try:
-                handed = await waiter
-            except asyncio.CancelledError:
+                if pool_timeout is None:
+                    handed = await waiter
+                else:
+                    async with asyncio.timeout(pool_timeout):
+                        handed = await waiter
+            except (TimeoutError, asyncio.CancelledError) as exc:
                 if not waiter.done() or waiter.cancelled():
                     try:
                         origin.waiters.remove(waiter)
                     except ValueError:
                         pass
                 else:
-                    # Woken and cancelled in the same breath: pass on what we were given.
+                    # Woken and given up in the same breath: pass on what we were given.
                     gift = waiter.result()
                     if gift is not None:
                         self._release(origin, gift, not gift.closed)
                     else:
                         origin.connecting -= 1
                         self._closed(origin)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamOverloaded(f"{origin.label}: no connection free within {pool_timeout:g} s") from None
                 raise
             if handed is not None:
                 if handed.usable():
@@ -346,6 +354,7 @@ class UpstreamPool:
         connect_timeout: float | None = None,
         limits: PoolLimits | None = None,
         upgrade: bool = False,
+        pool_timeout: float | None = None,
     ) -> Response:
         """Send one request; returns once the response head has arrived (body still unread).
 
@@ -355,7 +364,7 @@ class UpstreamPool:
         if self.closed:
             raise UpstreamConnectError("the gateway is shutting down")
         origin = self._origin((scheme, host, port, limits or self.limits))
-        conn = await self._acquire(origin, connect_timeout)
+        conn = await self._acquire(origin, connect_timeout, pool_timeout)
         response = Response(conn, method == "HEAD", upgrade, self.max_headers, self.max_header_bytes)
         transport = conn.transport
         if conn.closed or transport is None or transport.is_closing():

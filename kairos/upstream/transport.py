@@ -2,7 +2,9 @@
 
 Complete as an `httpx.AsyncBaseTransport`: request bodies stream out (chunked
 when no Content-Length is given), response bodies stream in, and failures map
-onto httpx's exceptions (connect/read timeouts, pool overload, protocol errors).
+onto httpx's exceptions: connect, read (per chunk, and until the response head)
+and pool timeouts, a full queue (PoolTimeout), protocol errors. A write timeout
+has no separate clock: a body the upstream stops reading ends in the read timeout.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(read_timeout):
                 response = await self._client.request(
                     scheme, url.host, port, request.method, url.raw_path.decode("ascii"), headers,
-                    body, timeouts.get("connect"), upgrade=upgrade,
+                    body, timeouts.get("connect"), upgrade=upgrade, pool_timeout=timeouts.get("pool"),
                 )
         except TimeoutError as exc:
             raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from exc
