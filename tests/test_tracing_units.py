@@ -298,3 +298,14 @@ def test_a_tracer_compiled_but_never_used_starts_no_export_thread():
     tracer = Tracer(TracingConfig(enabled=True, endpoint="http://127.0.0.1:9/v1/traces"))  # e.g. the admin's dry run
     assert {t.name for t in threading.enumerate()} == before and not tracer.exporting
     tracer.shutdown()
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace_and_is_not_forwarded():
+    tracer, exporter = make_tracer()
+    forwarded: list[dict] = []
+    await run(Tracing(upstream_app(forwarded=forwarded), tracer, "/api/{id}"),
+              scope([(b"traceparent", b"00-not-a-trace-context-01")]))
+    (server,) = [sp for sp in exporter.get_finished_spans() if sp.kind == SpanKind.SERVER]
+    assert server.parent is None
+    trace_id, _, _ = parse_traceparent(forwarded[0][b"traceparent"])
+    assert trace_id == format(server.context.trace_id, "032x")
