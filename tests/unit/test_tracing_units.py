@@ -259,7 +259,7 @@ async def test_real_refusals_of_a_compiled_gateway_become_events_on_its_spans():
     import httpx
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from conftest import free_port
+    from tests.conftest import free_port
     from kairos import create_app
 
     closed = free_port()  # nothing listens: every attempt fails to connect
