@@ -290,7 +290,10 @@ def test_startup_refusals(tmp_path, upstream, capsys, monkeypatch):
     # serve stops before anything listens: the token's variable is missing.
     monkeypatch.delenv("NOPE_TOKEN", raising=False)
     for name in ("KAIROS_HOST", "KAIROS_PORT", "KAIROS_CONFIG_PATH"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first so monkeypatch restores "absent" afterwards: `serve` sets these in
+        # os.environ, and a leaked KAIROS_PORT overrides later tests' configs.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setattr("kairos.observability.logging.configure_logging", lambda level: None)
     code, err = run("serve", "--config", write({"enabled": True, "tokens": [token]}), "--port", "1")
     assert code == 1 and "NOPE_TOKEN is not set" in err
