@@ -134,10 +134,11 @@ class RequestHeadProtocol(HttpToolsProtocol):
     the connection is closed.
 
     Size: the head is counted as it arrives; at twice `server.max_header_bytes` (+ 8 KiB
-    for the request line and separators) or twice `max_headers` it is refused at once with
-    the gateway's JSON 414 (the target) or 431, and the connection closed after a lingering
-    read, before the rest is held in memory. A head only a little over the limits is read
-    whole and refused by HeaderLimits in the app, as under any other server.
+    for the request line and separators) it is refused at once with the gateway's JSON 414
+    (the target) or 431, and the connection closed after a lingering read, before the rest
+    is held in memory. A head only a little over the limits (or with too many headers) is
+    read whole and refused by HeaderLimits in the app, as under any other server. Headers
+    are not counted one by one here: an `on_header` override cost ~0.3 µs per header.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -145,11 +146,10 @@ class RequestHeadProtocol(HttpToolsProtocol):
         self.server_settings = _server_settings_of(self.app)
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_open = False  # between on_message_begin and on_headers_complete
+        self.head_serial = 0  # which request's head (one per on_message_begin)
         self.head_bytes = 0  # target bytes parsed
-        self.head_count = 0  # headers parsed
         self.max_head_bytes = self.max_wire_bytes = 0
         self.head_wire_bytes = 0  # bytes received while the head is open
-        self.max_head_count = 0
         self.head_refused: tuple[str, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -157,16 +157,16 @@ class RequestHeadProtocol(HttpToolsProtocol):
         self._start_head_clock()
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         settings = self.server_settings()
-        self.head_bytes = self.head_count = self.head_wire_bytes = 0
+        self.head_bytes = self.head_wire_bytes = 0
         self.head_open = True
+        self.head_serial += 1
         self.max_head_bytes = settings.max_header_bytes
         # Heads a little over the limits are read whole and refused by HeaderLimits in the app
         # (with the security headers and request id of any other answer); this cap is for
         # heads that would otherwise grow without end.
         self.max_wire_bytes = 2 * self.max_head_bytes + 8192 if self.max_head_bytes else 0
-        self.max_head_count = settings.max_headers
         if self.head_timer is None:
             self._start_head_clock()
 
@@ -174,18 +174,12 @@ class RequestHeadProtocol(HttpToolsProtocol):
         self.head_bytes += len(url)
         if self.max_wire_bytes and self.head_bytes > self.max_wire_bytes:
             self._refuse("uri_too_long", f"the request target is over {self.max_head_bytes} bytes")
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_count += 1
-        if self.max_head_count and self.head_count > 2 * self.max_head_count:
-            self._refuse("header_too_large", f"more than {self.max_head_count} request headers")
-        super().on_header(name, value)
+        HttpToolsProtocol.on_url(self, url)
 
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
         self.head_open = False
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
@@ -222,16 +216,16 @@ class RequestHeadProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.head_refused is not None:
             return  # lingering after a refused head: what the client still sends is dropped
-        if self.head_open:
-            # httptools keeps a header line to itself until it ends (on_header comes after),
-            # so a head that never ends is also counted here, on the wire, with room for the
-            # request line and separators; the exact count is on_url's and on_header's.
+        head = self.head_serial if self.head_open else -1
+        HttpToolsProtocol.data_received(self, data)
+        if head == self.head_serial and self.head_open and self.head_refused is None:
+            # httptools keeps a header line to itself until the line ends (on_header comes
+            # after), so a head that never ends is counted here, on the wire: a read that
+            # neither began nor ended the head was all head.
             self.head_wire_bytes += len(data)
             if self.max_wire_bytes and self.head_wire_bytes > self.max_wire_bytes:
                 self.head_refused = ("header_too_large", f"request head is over {self.max_head_bytes} bytes")
                 self.send_400_response("")
-                return
-        super().data_received(data)
 
     def _start_head_clock(self) -> None:
         timeout = self.server_settings().request_header_timeout_ms / 1000

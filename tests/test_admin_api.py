@@ -288,10 +288,9 @@ def test_startup_refusals(tmp_path, upstream, capsys, monkeypatch):
     assert code == 1 and "unknown key 'token'" in err
     assert run("validate", write({"enabled": True, "host": "0.0.0.0", "public": True, "tokens": [token]}))[0] == 0
     # serve stops before anything listens: the token's variable is missing.
-    monkeypatch.delenv("NOPE_TOKEN", raising=False)
-    for name in ("KAIROS_HOST", "KAIROS_PORT", "KAIROS_CONFIG_PATH"):
-        # setenv first so monkeypatch restores "absent" afterwards: `serve` sets these in
-        # os.environ, and a leaked KAIROS_PORT overrides later tests' configs.
+    # serve sets these: setenv first so that monkeypatch removes them again afterwards
+    # (a delenv of an absent variable records nothing to undo).
+    for name in ("NOPE_TOKEN", "KAIROS_HOST", "KAIROS_PORT", "KAIROS_CONFIG_PATH"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setattr("kairos.observability.logging.configure_logging", lambda level: None)

@@ -27,7 +27,8 @@ class InProcess:
         from kairos.cli import main
 
         for name in ("KAIROS_ADMIN_TOKEN", "KAIROS_ADMIN_URL"):
-            self.monkeypatch.delenv(name, raising=False)
+            self.monkeypatch.setenv(name, "")  # recorded, so the end of the test removes it
+            self.monkeypatch.delenv(name)
         for name, value in (env or {}).items():
             self.monkeypatch.setenv(name, value)
         self.capsys.readouterr()

@@ -114,20 +114,21 @@ def test_every_a_record_becomes_a_backend_and_changes_apply_without_dropping_req
 
 
 def test_srv_records_give_hosts_ports_and_weights_lowest_priority_only(dns, gateway, make_upstream):
-    a, b, backup = make_upstream(3)
+    a, b, backup, local = make_upstream(4)
     dns.set("_http._tcp.users.test", "SRV", [f"10 3 {a.port} a.users.test.", f"10 1 {b.port} b.users.test.",
                                              f"20 1 {backup.port} c.users.test."])
     dns.set("a.users.test", "A", ["127.0.0.1"])
     dns.set("b.users.test", "A", ["127.0.0.1"])
     dns.set("c.users.test", "A", ["127.0.0.1"])
     srv = dict(discovery(dns), type="dns_srv", name="_http._tcp.users.test")
-    gw = gateway(config([route(load_balancing_strategy="weighted", discovery=srv)]))
+    gw = gateway(config([
+        route(load_balancing_strategy="weighted", discovery=srv),
+        # Under the top-level `dns` block, localhost and IP literals stay as written.
+        dict(route([{"host": "http://localhost", "port": local.port}, {"host": "http://127.0.0.1", "port": local.port}]),
+             external_path="/local/{rest:path}"),
+    ], discovery=discovery(dns)))
     assert seq(gw, 8).count(a.name) == 6
     assert backup.count == 0
     assert a.requests[-1].header("host") == f"a.users.test:{a.port}"
-
-
-def test_localhost_and_ip_literals_stay_as_written_under_discovery(dns, gateway, upstream):
-    gw = gateway(config([route([{"host": "http://localhost", "port": upstream.port}])], discovery=discovery(dns)))
-    assert seq(gw, 2) == [upstream.name] * 2
-    assert dns.queries == []  # nothing was asked of DNS
+    assert seq(gw, 2, "/local/echo") == [local.name] * 2
+    assert not [q for q in dns.queries if "localhost" in q[0] or q[0].startswith("127.")]

@@ -252,3 +252,60 @@ def test_the_tracing_layer_exists_only_when_enabled():
     compiled = on.runtime.routes[0]
     assert isinstance(compiled.pipeline, Tracing)  # first in the chain: it sees every refusal
     assert {b"traceparent", b"tracestate"} <= compiled.strip_headers  # each attempt writes its own
+
+
+async def test_real_refusals_of_a_compiled_gateway_become_events_on_its_spans():
+    """Rate limit, auth and breaker refusals from the real layers and Forwarder (in process)."""
+    import httpx
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from conftest import free_port
+    from kairos import create_app
+
+    closed = free_port()  # nothing listens: every attempt fails to connect
+    base = {"internal_path": "/x", "methods": ["GET"], "backends": [{"host": "http://127.0.0.1", "port": closed}]}
+    app = create_app({
+        "tracing": {"enabled": True, "exporter": "none", "sampler": "always_on"},
+        "jwt": {"secret": "s" * 32},
+        "routers": [
+            dict(base, external_path="/limited", rate_limit={"requests_per_window": 1, "window_duration": 60}),
+            dict(base, external_path="/private", auth_required=True),
+            dict(base, external_path="/fragile", circuit_breaker={"failure_threshold": 1},
+                 backends=[{"host": "http://127.0.0.1", "port": free_port()}]),  # its own breaker
+        ],
+    })
+    gateway = app.state.gateway
+    exporter = InMemorySpanExporter()
+    gateway.deps.tracers.current.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            statuses = [(await client.get(path)).status_code for path in ("/limited", "/limited", "/private",
+                                                                         "/fragile", "/fragile")]
+    finally:
+        await gateway.aclose()
+    assert statuses == [502, 429, 401, 502, 503]
+    servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert [[e.name for e in s.events] for s in servers] == [
+        ["gateway_error"], ["rate_limited"], ["auth_refused"], ["gateway_error"], ["circuit_breaker_rejected"]]
+    assert servers[0].events[0].attributes["kairos.error"] == "upstream"
+    clients = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert len(clients) == 2 and {c.attributes["error.type"] for c in clients} == {"connect"}
+    assert all(c.status.status_code == StatusCode.ERROR for c in clients)
+
+
+def test_a_tracer_compiled_but_never_used_starts_no_export_thread():
+    before = {t.name for t in threading.enumerate()}
+    tracer = Tracer(TracingConfig(enabled=True, endpoint="http://127.0.0.1:9/v1/traces"))  # e.g. the admin's dry run
+    assert {t.name for t in threading.enumerate()} == before and not tracer.exporting
+    tracer.shutdown()
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace_and_is_not_forwarded():
+    tracer, exporter = make_tracer()
+    forwarded: list[dict] = []
+    await run(Tracing(upstream_app(forwarded=forwarded), tracer, "/api/{id}"),
+              scope([(b"traceparent", b"00-not-a-trace-context-01")]))
+    (server,) = [sp for sp in exporter.get_finished_spans() if sp.kind == SpanKind.SERVER]
+    assert server.parent is None
+    trace_id, _, _ = parse_traceparent(forwarded[0][b"traceparent"])
+    assert trace_id == format(server.context.trace_id, "032x")

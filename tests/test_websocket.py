@@ -497,7 +497,8 @@ async def test_wss_backend_verified_with_the_system_trust(gateway, tmp_path):
     context.load_cert_chain(cert, key)
     up = WsUpstream("wss-upstream", ssl_context=context).start()
     try:
-        routes = [ws_route(up, "/tls", "/echo"), {**ws_route(up, "/plain-to-tls", "/echo"), "backends": [up.backend("ws")]}]
+        routes = [ws_route(up, "/tls", "/echo"), {**ws_route(up, "/plain-to-tls", "/echo", websocket={"connect_timeout_ms": 500}),
+                                                  "backends": [up.backend("ws")]}]
         routes[0]["backends"] = [up.backend("wss")]
         gw = gateway(config(*routes), env={"SSL_CERT_FILE": str(cert)})
         async with open_ws(gw, "/tls") as ws:

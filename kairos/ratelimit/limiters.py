@@ -118,7 +118,7 @@ class MemoryCounters:
         """Insert a new key at the end of its table, after making room if all are taken."""
         if self.size >= self.max_keys:
             self.sweep(now)
-            if self.size >= self.max_keys:  # still full of live keys: evict the next to expire
+            if self.size >= self.max_keys:  # still full of live keys: the largest table gives up its next to expire
                 victim = max(self.tables.values(), key=len)
                 victim.popitem(last=False)
                 self.size -= 1

@@ -71,18 +71,26 @@ class Tracer:
             resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
             shutdown_on_exit=False,
         )
-        exporter = exporter if exporter is not None else make_exporter(config)
-        if exporter is not None:
-            if batch:
-                self.provider.add_span_processor(BatchSpanProcessor(exporter))
-            else:
-                from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-                self.provider.add_span_processor(SimpleSpanProcessor(exporter))
+        self.exporter = exporter if exporter is not None else make_exporter(config)
+        self.batch = batch
+        # The export thread starts with the first request, not here: a config compiled only to be
+        # checked (the admin API's dry run) must not leave a thread and an HTTP session behind.
+        self.exporting = self.exporter is None
         self.tracer = self.provider.get_tracer("kairos", __version__)
+
+    def begin_export(self) -> None:
+        self.exporting = True
+        if self.batch:
+            self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
+        else:
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+            self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
 
     def start(self, scope: Scope, name: str, attributes: dict[str, Any]) -> RequestTrace:
         """The server span of one request, continuing the client's trace when it sent one."""
+        if not self.exporting:
+            self.begin_export()
         carrier = None
         for key, value in scope["headers"]:
             if key == b"traceparent" or key == b"tracestate":
@@ -108,8 +116,9 @@ class RequestTrace:
     def __init__(self, tracer: trace_api.Tracer, span: trace_api.Span) -> None:
         self.tracer = tracer
         self.span = span
-        self.context = trace_api.set_span_in_context(span)
         self.recording = span.is_recording()
+        # The parent context of client spans; an unsampled request makes none through the SDK.
+        self.context = trace_api.set_span_in_context(span) if self.recording else None
         self.attempts = 0  # upstream attempts so far: the next one's number
 
     @property

@@ -1,0 +1,64 @@
+"""Admin pieces in process: tokens, throttle, redaction, percentiles."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from admin_support import (
+    ADMIN_TOKEN, JWT_SECRET, REDIS_PASSWORD, TOKEN_ENV, VIEWER_TOKEN, admin_block, sha, with_secrets,
+)
+from kairos.admin.document import redacted, restore_secrets, route_id
+from kairos.admin.stats import percentile
+from kairos.admin.tokens import FailureThrottle, TokenSetupError, TokenTable
+from kairos.config.admin import AdminConfig
+
+
+def test_tokens_are_hashed_and_env_tokens_must_exist():
+    cfg = AdminConfig.model_validate(admin_block(5901))
+    table = TokenTable.from_config(cfg, {TOKEN_ENV: ADMIN_TOKEN})
+    assert table.identify(ADMIN_TOKEN).role == "admin"
+    assert table.identify(VIEWER_TOKEN).role == "viewer"
+    assert table.identify("nope") is None and table.identify(ADMIN_TOKEN + " ") is None
+    with pytest.raises(TokenSetupError, match=TOKEN_ENV):
+        TokenTable.from_config(cfg, {})
+    with pytest.raises(TokenSetupError, match="shorter than 16"):
+        TokenTable.from_config(cfg, {TOKEN_ENV: "short"})
+
+
+def test_throttle_blocks_after_repeated_failures_then_forgets():
+    now = [0.0]
+    t = FailureThrottle(limit=3, window_s=10, block_s=30, clock=lambda: now[0])
+    for _ in range(2):
+        t.failed("a")
+    assert t.retry_after("a") == 0
+    t.failed("a")
+    assert t.retry_after("a") == 30 and t.retry_after("b") == 0
+    now[0] = 31
+    assert t.retry_after("a") == 0
+
+
+def test_redaction_and_restore_round_trip():
+    doc = with_secrets({"routers": [{"name": "x", "external_path": "/a", "internal_path": "/a", "methods": ["GET"],
+                                     "host": "http://h", "port": 1}], "admin": admin_block(5901)})
+    shown = json.dumps(redacted(doc))
+    for secret in (JWT_SECRET, REDIS_PASSWORD, sha(VIEWER_TOKEN)):
+        assert secret not in shown
+    assert restore_secrets(json.loads(shown), doc) == doc
+    edits = {"headers": [{"action": "set", "name": "X-Plain", "value": "visible"},
+                         {"action": "set", "name": "Authorization", "value": "Bearer hidden-credential"}]}
+    shown = redacted(edits)
+    assert shown["headers"][0]["value"] == "visible" and shown["headers"][1]["value"] == "***"
+    shown["headers"].reverse()  # reordered in an editor: each secret stays with its header
+    assert restore_secrets(shown, edits)["headers"][0]["value"] == "Bearer hidden-credential"
+    assert route_id({"methods": ["post", "GET"], "external_path": "/a"}) == route_id({"methods": ["GET", "POST"], "external_path": "/a"})
+    assert re.fullmatch(r"r-[0-9a-f]{10}", route_id({"methods": ["GET"], "external_path": "/a"}))
+
+
+def test_percentile_interpolates_inside_buckets():
+    buckets = [(0.01, 50.0), (0.1, 100.0), (float("inf"), 100.0)]
+    assert percentile(buckets, 0.5) == pytest.approx(0.01)
+    assert percentile(buckets, 0.75) == pytest.approx(0.055)
+    assert percentile([], 0.5) is None
