@@ -58,7 +58,7 @@ from kairos.config.cache import CacheConfig
 from kairos.errors import GatewayError
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
-from kairos.proxy.exchange import EXCHANGE
+from kairos.proxy.exchange import EXCHANGE, exchange_of
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class Cache:
             if entry.view is None:
                 self._view(entry)
             born, fresh_until, no_cache, vary_names = entry.meta
-            if no_cache or vary_names is None or now - born >= fresh_until - born:
+            if no_cache or vary_names is None or now >= fresh_until:
                 continue
             if any(hmap.get(name) != entry.request_headers.get(name) for name in vary_names):
                 continue
@@ -506,7 +506,8 @@ class Cache:
                     pass
 
     async def _wait_for_other_instance(self, scope: Scope, send: Send, base: str, extras: str) -> bool:
-        """Another instance holds the lock for this key: poll for its entry until the timeout."""
+        """Another instance holds the lock for this key: poll for its entry while the lock is held,
+        up to the timeout."""
         deadline = time.monotonic() + self.policy.coalesce_s
         req = self._request(scope)
         assert req is not None
@@ -523,6 +524,11 @@ class Cache:
                 entry = next(e for e in entries if e.id == state.entry.id.hex)
                 await self._serve(scope, send, entry, state.entry.response.headers.get("age", "0"), "hit")
                 return True
+            try:
+                if not await self.store.locked(base + "\x1f" + extras):
+                    return False  # the other instance is done and stored nothing usable: ask ourselves
+            except StoreUnavailable:
+                return False
         return False
 
     def _recording(self, nxt: Any, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], base: str,
@@ -591,16 +597,9 @@ class Cache:
     async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST/PUT/PATCH/DELETE: forwarded; a success invalidates what is stored for its URL
         (RFC 9111 4.4, every variant and every key extra)."""
-        status = 0
-
-        async def send_watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, send_watching)
-        if 200 <= status < 400:
+        exchange, send = exchange_of(scope, send)  # it records the status the client got
+        await self.app(scope, receive, send)
+        if 200 <= exchange.status < 400:
             try:
                 await self.store.delete(self.policy.route + " " + self.policy.url(scope))
             except StoreUnavailable:

@@ -154,6 +154,9 @@ class MemoryStore:
     async def unlock(self, name: str) -> None:
         pass
 
+    async def locked(self, name: str) -> bool:
+        return False
+
     def _remove(self, entry: StoredEntry) -> None:
         if self.lru.pop(entry.id, None) is None:
             return
@@ -293,6 +296,9 @@ class RedisStore:
 
     async def unlock(self, name: str) -> None:
         await self._call(self.client.unlink, self.prefix + "lock:" + name)
+
+    async def locked(self, name: str) -> bool:
+        return bool(await self._call(self.client.exists, self.prefix + "lock:" + name))
 
     async def aclose(self) -> None:
         pass  # the client belongs to whoever made it (the shared Redis pool)

@@ -106,7 +106,8 @@ class AccessLog:
     def write(self, scope: Scope, method: str, route_name: str, status: int, duration: float,
               fields: dict[str, Any]) -> None:
         user_agent = b""
-        for name, value in scope["headers"]:
+        # The client's headers: a request transformation replaces scope["headers"] with the upstream's.
+        for name, value in scope.get("kairos.client_headers") or scope["headers"]:
             if name == b"user-agent":
                 user_agent = value
         qs = scope.get("query_string")

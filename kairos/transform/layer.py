@@ -12,9 +12,11 @@ edits the body. The gateway's own error responses are never transformed:
 GatewayEndpoint answers a raised GatewayError outside this layer's `send`, and
 drops the hooks the route's layers registered.
 
-Scope keys written: `kairos.upstream_target`, `kairos.upstream_status` (the
-upstream's status when a mapping changed it) and `kairos.transform_skipped`
-(why a JSON body was left alone); the access log shows the last two.
+Scope keys written: `kairos.upstream_target`, `kairos.client_headers` (the
+headers as the client sent them, once `headers` holds the upstream's),
+`kairos.upstream_status` (the upstream's status when a mapping changed it) and
+`kairos.transform_skipped` (why a JSON body was left alone); the access log
+reads the last three.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ class Transform:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = RequestView(scope, self.route_name)
         if self.request_headers is not None:
-            scope["headers"] = self.request_headers.apply(scope["headers"], view)
+            scope["kairos.client_headers"] = view.headers  # what the client sent, for the access log
+            scope["headers"] = self.request_headers.apply(view.headers, view)
         if self.path is not None or self.query is not None:
             scope["kairos.upstream_target"] = self.target(scope, view)
         if self.request_json is not None:
@@ -176,6 +179,7 @@ class Transform:
         if isinstance(edited, str):
             _note(scope, f"request_json: {edited}")
             return _replay(messages, receive)
+        scope.setdefault("kairos.client_headers", view.headers)
         scope["headers"] = _with_length(headers, len(edited))
         return _replay([{"type": "http.request", "body": edited, "more_body": False}], receive)
 

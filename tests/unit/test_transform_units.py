@@ -381,7 +381,7 @@ def test_the_example_config_loads():
 
     from kairos.config import load_config
 
-    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "transform.json", use_env=False)
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "transform.json", use_env=False)
     first, second = config.routers
     assert first.request_transformation.path.replacement == "/v2/$1"
     assert second.auth_required and second.response_transformation.max_json_body == 262144

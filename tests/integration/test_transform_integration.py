@@ -132,6 +132,8 @@ def test_kairos_rs_example_works_as_its_readme_says(gateway, echo, compat_dir):
         assert r.status_code == 200 and r.json()["target"] == "/v2/missing?api_key=secret123"
     rec = access_record(gw, "/api/v1/missing")
     assert rec["status"] == 200 and rec["upstream_status"] == 404
+    rec = access_record(gw, "/api/v1/users")
+    assert rec["user_agent"] == "Mozilla/5.0 (X11; Linux)"  # the client's, not the upstream's
 
 
 def request_route(echo, **over):

@@ -1,6 +1,6 @@
 """The cache layer in process, over a scripted origin: RFC 9111 decisions, Vary, revalidation,
 stale content, coalescing, streaming past max_size, invalidation, LRU by bytes, config errors.
-(Through a real gateway, a real upstream and a real Redis: test_cache.py.)"""
+(The Redis store and a real gateway: tests/integration/test_cache_redis_store.py, test_cache_gateway.py.)"""
 
 from __future__ import annotations
 
@@ -15,62 +15,7 @@ from kairos.cache.storage import StoredEntry
 from kairos.config.cache import CacheConfig
 from kairos.config.models import GatewayConfig
 from kairos.errors import GatewayError
-
-
-class Origin:
-    """A scripted upstream as an ASGI app: `respond(scope) -> (status, headers dict, body chunks)`."""
-
-    def __init__(self, respond):
-        self.respond = respond
-        self.calls: list[dict] = []
-        self.delay = 0.0
-
-    async def __call__(self, scope, receive, send):
-        self.calls.append({"method": scope["method"], "headers": dict((k.decode(), v.decode()) for k, v in scope["headers"])})
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        result = self.respond(scope)
-        if isinstance(result, Exception):
-            raise result
-        status, headers, chunks = result
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
-        for i, chunk in enumerate(chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
-        if not chunks:
-            await send({"type": "http.response.body", "body": b""})
-
-
-def build(origin, config, stores, redis_url=""):
-    store, inflight, refreshing = stores.store_for(config, redis_url)
-    return Cache(origin, CachePolicy("/r/{id}", config), store, inflight, refreshing)
-
-
-def layer(origin, **cfg):
-    return build(origin, CacheConfig(enabled=True, **cfg), CacheStores())
-
-
-async def get(app, path="/r/1", method="GET", headers=None, query=b""):
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
-    await app(scope, receive, send)
-    start = sent[0]
-    hdrs = {}
-    for k, v in start["headers"]:
-        hdrs.setdefault(k.decode(), v.decode())
-    return start["status"], hdrs, b"".join(m.get("body", b"") for m in sent[1:])
-
-
-def ok(body=b"hello", **headers):
-    return lambda scope: (200, {"content-type": "text/plain", **headers}, [body])
+from tests.cache_support import Origin, get, layer, ok
 
 
 async def test_miss_then_hit_with_age_and_xcache():
@@ -363,55 +308,6 @@ def test_config_block_and_errors():
         assert path in text
 
 
-# --------------------------------------------------------------------------- Redis store, real redis-server
-def redis_layer(origin, url, **cfg):
-    import redis.asyncio as aioredis
-
-    stores = CacheStores(lambda u: aioredis.Redis.from_url(u, socket_connect_timeout=0.5, socket_timeout=0.5))
-    return build(origin, CacheConfig(enabled=True, backend="redis", **cfg), stores, url)
-
-
-async def test_redis_entries_are_shared_expired_by_redis_and_purged(redis_clean):
-    origin = Origin(ok(**{"cache-control": "max-age=60"}))
-    one, two = redis_layer(origin, redis_clean), redis_layer(origin, redis_clean)
-    assert (await get(one))[1]["x-cache"] == "MISS"
-    assert (await get(two))[1]["x-cache"] == "HIT"  # another instance sees it
-    ttl = int(redis_clean.command("PTTL", "kairos_cache:/r/{id} /r/1"))
-    assert 0 < ttl <= 60_000
-    await get(one, path="/r/2")
-    assert await one.store.purge(route="/r/{id}", key_prefix="/r/1") == 1
-    assert (await get(two))[1]["x-cache"] == "MISS"
-    assert (await get(two, path="/r/2"))[1]["x-cache"] == "HIT"
-    assert await two.store.purge() == 2
-
-
-async def test_redis_coalescing_across_instances(redis_clean):
-    origin = Origin(ok(**{"cache-control": "max-age=60"}))
-    origin.delay = 0.2
-    instances = [redis_layer(origin, redis_clean) for _ in range(2)]
-    results = await asyncio.gather(*[get(instances[i % 2]) for i in range(20)])
-    assert len(origin.calls) == 1
-    assert all(b == b"hello" for _, _, b in results)
-
-
-async def test_redis_outage_bypasses_and_recovers(redis_clean):
-    origin = Origin(ok(**{"cache-control": "max-age=60"}))
-    app = redis_layer(origin, redis_clean)
-    await get(app)
-    redis_clean.stop()
-    try:
-        s, h, b = await get(app)
-        assert (s, h["x-cache"], b) == (200, "BYPASS", b"hello")
-        s, h, b = await get(app)
-        assert (s, h["x-cache"]) == (200, "BYPASS")
-    finally:
-        redis_clean.start()
-    app.store._paused_until = 0  # skip the one-second pause instead of sleeping through it
-    s, h, b = await get(app)
-    assert h["x-cache"] == "MISS"
-    assert (await get(app))[1]["x-cache"] == "HIT"
-
-
 async def test_purge_through_the_gateway_handle_reaches_every_route():
     stores = CacheStores()
     config = CacheConfig(enabled=True)
@@ -440,21 +336,6 @@ async def test_an_upstream_age_counts_against_freshness():
     await get(app, path="/r/old")
     _, h, _ = await get(app, path="/r/old")
     assert h["x-cache"] == "MISS" and len(origin.calls) == 3
-
-
-async def test_redis_revalidation_keeps_the_refreshed_entry(redis_clean):
-    def respond(scope):
-        if dict(scope["headers"]).get(b"if-none-match") == b'"v1"':
-            return 304, {"etag": '"v1"', "cache-control": "max-age=60"}, []
-        return 200, {"etag": '"v1"', "cache-control": "max-age=0", "content-type": "text/plain"}, [b"doc"]
-
-    origin = Origin(respond)
-    app = redis_layer(origin, redis_clean)
-    await get(app)
-    s, h, b = await get(app)
-    assert (h["x-cache"], b) == ("REVALIDATED", b"doc")
-    s, h, b = await get(app)
-    assert (h["x-cache"], b) == ("HIT", b"doc") and len(origin.calls) == 2
 
 
 async def test_a_hit_is_compressed_once_per_coding(monkeypatch):
