@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export PIP_ROOT_USER_ACTION = ignore
 
-.PHONY: install run test bench compose-check validate
+.PHONY: install run test test-unit test-integration bench compose-check validate
 
 # Editable install with the test extras; skipped when already done since pyproject.toml last changed.
 install:
@@ -29,8 +29,17 @@ run: install
 	echo "gateway on http://127.0.0.1:5900  (try: curl localhost:5900/api/users/42)"; \
 	kairos serve --config $(CONFIG)
 
+# Both tiers in one run, the fast one first (tests/conftest.py orders them): tests/unit (in process,
+# no subprocesses, ~10 s), then tests/integration (real upstreams, gateway subprocesses, redis).
+# A test file left directly in tests/ still runs (with the integration tier) and is named at the end.
 test:
-	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120 tests
+
+test-unit:
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=60 tests/unit
+
+test-integration:
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=120 tests --ignore=tests/unit
 
 # Installs nginx and wrk with apt-get when missing; results in bench/results/latest.json and docs/performance.png.
 bench: install
@@ -48,4 +57,4 @@ validate:
 # The admin console's pictures in docs/images/ (docs/admin.md), taken by its browser test.
 .PHONY: admin-screenshots
 admin-screenshots:
-	KAIROS_UPDATE_SCREENSHOTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_admin_console.py
+	KAIROS_UPDATE_SCREENSHOTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/test_admin_console.py

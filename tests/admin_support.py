@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from conftest import free_port
+from tests.conftest import free_port
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 VIEWER_TOKEN = "viewer-token-0123456789abcdef"

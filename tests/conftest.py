@@ -455,3 +455,27 @@ def compat_dir() -> Path:
     if p is None:
         pytest.skip(f"{REPO_ROOT.parent / 'shared' / 'compat'} not found (kairos-rs compat configs)")
     return p
+
+
+# --------------------------------------------------------------------------- tiers
+_HERE = Path(__file__).resolve().parent
+_UNIT = _HERE / "unit"
+_INTEGRATION = _HERE / "integration"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The unit tier first (fast failures), then everything else, each in collection order."""
+    items.sort(key=lambda item: 0 if _UNIT in Path(str(item.path)).parents else 1)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])]
+    stray = sorted({
+        path for path in (getattr(r, "nodeid", "").split("::")[0] for r in reports)
+        if path.startswith("tests/") and path.count("/") == 1
+    })
+    if stray:
+        terminalreporter.write_line(
+            "tests outside tests/unit and tests/integration (move them; docs/architecture.md, 'Tests'): "
+            + ", ".join(stray)
+        )

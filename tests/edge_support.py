@@ -1,4 +1,4 @@
-"""Helpers for the edge-policy tests (JWT, rate limiting, IP rules): in-process gateway, keys, JWKS server."""
+"""Helpers for the edge-policy tests (JWT, rate limiting, IP rules): in-process gateway, keys, a respx JWKS endpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from typing import Any, AsyncIterator
 
 import httpx
-from aiohttp import web
+import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -96,35 +96,37 @@ def public_jwk(key, kid: str, alg: str) -> dict[str, Any]:
 
 
 class JwksServer:
-    """A real HTTP server (aiohttp.web, in the test's loop) serving a mutable JWKS."""
+    """A JWKS endpoint answered by respx in this process (no socket): the gateway's JWKS fetches
+    go through its httpx client, which respx intercepts; every other request passes through."""
+
+    _count = 0
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.hits = 0
         self.down = False
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+        JwksServer._count += 1
+        self.url = f"http://jwks-{JwksServer._count}.test/.well-known/jwks.json"
+        self._router: respx.MockRouter | None = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         self.hits += 1
         if self.down:
-            return web.Response(status=503, text="down")
-        return web.Response(body=json.dumps({"keys": self.keys}).encode(), content_type="application/json")
+            return httpx.Response(503, text="down")
+        return httpx.Response(200, json={"keys": self.keys})
 
     async def start(self) -> "JwksServer":
-        app = web.Application()
-        app.router.add_get("/.well-known/jwks.json", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
+        router = respx.mock(using="httpx", assert_all_called=False)
+        router.get(self.url).mock(side_effect=self._handle)
+        router.route().pass_through()
+        router.start()
+        self._router = router
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._router is not None:
+            self._router.stop()
+            self._router = None
 
 
 def client_for(app, ip: str) -> httpx.AsyncClient:

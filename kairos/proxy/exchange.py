@@ -67,45 +67,51 @@ def _for_the_server(headers: Iterable[tuple[bytes, bytes]], status: int) -> Iter
 
 
 class Exchange:
-    """The per-request facts and the response-start hook list; `send` is the one wrapper.
+    """The per-request facts and the response-start hook list; `wrap(scope, send)` makes the one wrapper.
 
     Hooks run innermost first (the reverse of registration), the order the send
     wrappers they replace ran in: a route layer's hook sees the response before the
     global ones (security headers, then the request id) do.
+
+    The Exchange holds no reference to the scope or to its wrapper (both hold it): no
+    reference cycle, so a finished request is freed at once, not by the garbage collector.
     """
 
-    __slots__ = ("scope", "_send", "hooks", "has_body", "started", "status", "bytes_out")
+    __slots__ = ("hooks", "has_body", "started", "status", "bytes_out")
 
-    def __init__(self, scope: Scope, send: Send) -> None:
-        self.scope = scope
-        self._send = send
+    def __init__(self, scope: Scope) -> None:
         self.hooks: list[StartHook] = []
         self.has_body = has_body(scope)
         self.started = False  # http.response.start has gone out: too late for an error response
         self.status = 0
         self.bytes_out = 0
 
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start" or (kind in _WEBSOCKET_STARTS and not self.started):
-            self.started = True
-            self.status = message.get("status", 101)  # a WebSocket accept is the 101
-            hooks = self.hooks
-            i = len(hooks)
-            while i:
-                i -= 1
-                hooks[i](self.scope, message)
-            headers = message.get("headers")
-            if headers:
-                message["headers"] = _for_the_server(headers, self.status)
-        elif kind == "websocket.close" and not self.started:
-            self.started = True
-            self.status = 403  # what servers answer an upgrade closed before it was accepted
-        else:
-            body = message.get("body")
-            if body:
-                self.bytes_out += len(body)
-        await self._send(message)
+    def wrap(self, scope: Scope, send: Send) -> Send:
+        """The one wrapper: pass it down instead of the server's `send` (made once per request)."""
+        hooks = self.hooks
+
+        async def exchange_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start" or (kind in _WEBSOCKET_STARTS and not self.started):
+                self.started = True
+                self.status = status = message.get("status", 101)  # a WebSocket accept is the 101
+                i = len(hooks)
+                while i:
+                    i -= 1
+                    hooks[i](scope, message)
+                headers = message.get("headers")
+                if headers:
+                    message["headers"] = _for_the_server(headers, status)
+            elif kind == "websocket.close" and not self.started:
+                self.started = True
+                self.status = 403  # what servers answer an upgrade closed before it was accepted
+            else:
+                body = message.get("body")
+                if body:
+                    self.bytes_out += len(body)
+            await send(message)
+
+        return exchange_send
 
     def drop_hooks_after(self, mark: int) -> None:
         """Forget hooks registered after `mark` (= len(hooks) at some point).
@@ -121,15 +127,19 @@ def exchange_of(scope: Scope, send: Send) -> tuple[Exchange, Send]:
     exchange = scope.get(EXCHANGE)
     if exchange is not None:
         return exchange, send
-    exchange = scope[EXCHANGE] = Exchange(scope, send)
-    return exchange, exchange.send
+    exchange = scope[EXCHANGE] = Exchange(scope)
+    return exchange, exchange.wrap(scope, send)
 
 
 def on_response_start(scope: Scope, send: Send, hook: StartHook) -> Send:
     """Register `hook` on the request's exchange; returns the send to pass on."""
-    exchange, send = exchange_of(scope, send)
+    exchange = scope.get(EXCHANGE)
+    if exchange is not None:
+        exchange.hooks.append(hook)
+        return send
+    exchange = scope[EXCHANGE] = Exchange(scope)
     exchange.hooks.append(hook)
-    return send
+    return exchange.wrap(scope, send)
 
 
 class OpenExchange:
@@ -143,8 +153,8 @@ class OpenExchange:
         if scope["type"] not in PROXIED:
             await self.app(scope, receive, send)
             return
-        exchange = scope[EXCHANGE] = Exchange(scope, send)
-        await self.app(scope, receive, exchange.send)
+        exchange = scope[EXCHANGE] = Exchange(scope)
+        await self.app(scope, receive, exchange.wrap(scope, send))
 
 # RFC 9110 7.6.1 hop-by-hop headers, never forwarded in either direction.
 HOP_BY_HOP = frozenset(

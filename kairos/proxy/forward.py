@@ -187,7 +187,8 @@ class Forwarder:
         if route.retry is not None:
             await self._with_retries(scope, receive, send)
             return
-        body = request_body(receive) if _has_body(scope) else None
+        exchange = scope.get(EXCHANGE)
+        body = request_body(receive) if (exchange.has_body if exchange is not None else has_body(scope)) else None
         try:
             _, backend, response = await self.attempt(scope, self.target(scope), body, route.timeout_s)
         except AttemptFailed as failed:
@@ -307,7 +308,8 @@ class Forwarder:
         deadline = time.monotonic() + route.timeout_s
         path = self.target(scope)
         body: bytes | StreamedBody | None = None
-        if _has_body(scope):
+        exchange = scope.get(EXCHANGE)
+        if exchange.has_body if exchange is not None else has_body(scope):
             try:
                 body = await buffer_body(receive, policy.buffer_bytes)
             except ClientDisconnected:
@@ -379,11 +381,6 @@ class Forwarder:
 
 _NOT_THE_BACKENDS = frozenset({"request_body", "invalid_request", "overloaded"})
 _NEVER_RETRIED = frozenset({"request_body", "invalid_request"})
-
-
-def _has_body(scope: Scope) -> bool:
-    exchange = scope.get(EXCHANGE)
-    return exchange.has_body if exchange is not None else has_body(scope)
 
 
 def forward_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap:

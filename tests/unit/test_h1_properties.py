@@ -212,3 +212,28 @@ async def test_connection_closed_during_hand_over_is_never_written_to():
     assert await second.read() == b"ok"
     second.release()
     await pool.aclose()
+
+
+# --------------------------------------------------------------------------- what the client is told
+
+
+@pytest.mark.parametrize(
+    "error, kind, status",
+    [
+        ("UpstreamProtocolError", "upstream", 502),
+        ("UpstreamOverloaded", "upstream_overloaded", 503),
+        ("InvalidUpstreamRequest", "bad_request", 400),
+        ("UpstreamReset", "upstream", 502),
+        ("UpstreamConnectTimeout", "timeout", 504),
+    ],
+)
+def test_each_failure_maps_to_one_answer(error, kind, status):
+    from kairos.config.models import BackendConfig
+    from kairos.proxy.forward import upstream_failure
+    from kairos.upstream import errors
+    from kairos.upstream.backend import Backend
+
+    backend = Backend(BackendConfig(host="http://127.0.0.1", port=9))
+    answer = upstream_failure(getattr(errors, error)("details for the log"), backend, {"kairos.request_id": "r"})
+    assert (answer.kind, answer.status) == (kind, status)
+    assert "details" not in answer.message  # the client gets the kind of failure, not its details

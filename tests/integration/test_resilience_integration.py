@@ -152,8 +152,9 @@ def test_breaker_open_half_open_probe_limit_closed(make_upstream, gateway):
 
     async def two_at_once():
         async with httpx.AsyncClient(base_url=gw.url, timeout=10, trust_env=False) as c:
+            before = a.count
             first = asyncio.create_task(c.get("/svc/echo"))
-            await asyncio.sleep(0.1)
+            await asyncio.to_thread(a.wait_for_count, before + 1, 5.0)  # the probe is at the backend
             second = await c.get("/svc/echo")
             return await first, second
 

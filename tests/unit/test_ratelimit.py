@@ -139,7 +139,7 @@ def test_example_configs_are_valid(name):
 
     from kairos.config import load_config
 
-    load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.json", use_env=False)
+    load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.json", use_env=False)
 
 
 async def test_counters_and_verifiers_survive_a_reload(upstream):

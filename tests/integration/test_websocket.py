@@ -378,7 +378,7 @@ async def test_sigterm_drains_websockets_and_exits_0(gateway, ws_upstream):
 async def test_uvicorn_entry_point_and_the_compat_websocket_route(tmp_path, ws_upstream, compat_dir):
     """`uvicorn kairos.app:app` with kairos-rs's own config file, its websocket route pointed at our upstream."""
     from tests.conftest import free_port
-    from tests.test_entry_points import run, wait_health
+    from tests.integration.test_entry_points import run, wait_health
 
     data = json.loads((compat_dir / "kairos-rs-config.json").read_text())
     routes = [r for r in data["routers"] if r.get("protocol") == "websocket"]

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from kairos.config import parse_config
-from conftest import free_port
+from tests.conftest import free_port
 from ops_helpers import config, metric_value, route
-from test_ops_reload_shutdown import wait_until
+from tests.integration.test_ops_reload_shutdown import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
 OVERLAYS = ["base", "overlays/dev", "overlays/production"]
 K8S_VERSION = "1.33"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from admin_support import ADMIN_TOKEN, VIEWER_TOKEN, start_admin_gateway
-from conftest import REPO_ROOT, _hermetic_env, free_port
+from tests.conftest import REPO_ROOT, _hermetic_env, free_port
 from ops_helpers import config, route
 
 

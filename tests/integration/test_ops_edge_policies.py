@@ -223,7 +223,7 @@ def test_chunked_body_cut_at_limit(upstream, gateway, sync_client):
 
 
 def test_ops_example_configs_are_valid(kairos_cli):
-    from conftest import REPO_ROOT
+    from tests.conftest import REPO_ROOT
 
     for name in ("ops-production.json", "cors-spa.json", "security-headers.json"):
         done = kairos_cli("validate", str(REPO_ROOT / "configs" / name))

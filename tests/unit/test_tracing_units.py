@@ -229,7 +229,7 @@ async def test_spans_leave_the_process_batched_over_otlp_http():
 
 
 async def test_a_collector_that_refuses_connections_does_not_stop_requests():
-    from conftest import free_port
+    from tests.conftest import free_port
 
     config = TracingConfig(enabled=True, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", sampler="always_on")
     tracer = Tracer(config)
@@ -259,7 +259,7 @@ async def test_real_refusals_of_a_compiled_gateway_become_events_on_its_spans():
     import httpx
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from conftest import free_port
+    from tests.conftest import free_port
     from kairos import create_app
 
     closed = free_port()  # nothing listens: every attempt fails to connect

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import free_port
+from tests.conftest import free_port
 from otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.timeout(60)

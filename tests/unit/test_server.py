@@ -40,6 +40,14 @@ async def test_one_wake_up_accepts_every_waiting_connection():
     assert listener.fileno() == -1  # it owned the socket
 
 
+async def made_at_least(n: int) -> None:
+    """Wait (bounded) for the accepted connections' protocols to be made: they are, a loop turn later."""
+    for _ in range(500):
+        if Counting.made >= n:
+            return
+        await asyncio.sleep(0.001)
+
+
 async def test_batch_bounds_one_wake_up():
     loop = asyncio.get_running_loop()
     listener = socket.socket()
@@ -51,11 +59,11 @@ async def test_batch_bounds_one_wake_up():
     loop.remove_reader(listener.fileno())
     Counting.made = 0
     acceptor._accept()
-    await asyncio.sleep(0.05)
+    await made_at_least(4)
     assert Counting.made == 4
     acceptor._accept()
     acceptor._accept()
-    await asyncio.sleep(0.05)
+    await made_at_least(10)
     assert Counting.made == 10
     acceptor.close()
     assert listener.fileno() != -1  # not its socket to close

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from admin_support import ADMIN_TOKEN, start_admin_gateway
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from ops_helpers import config, route
 
 CHROMIUM = "/usr/bin/chromium"

@@ -80,7 +80,8 @@ def test_routes_added_changed_removed_under_traffic(make_upstream, gateway, sync
         gw.rewrite_config(config(route(a), route(a, external="/old/{id}")))
         wait_until(lambda: reloads(sync_client, gw) > before, what="second reload")
         assert sync_client.get(gw.url + "/old/1").status_code == 200
-        time.sleep(0.3)
+        seen_a = a.count
+        wait_until(lambda: a.count > seen_a + 20, what="traffic back on the first backend")
     finally:
         for t in traffic:
             t.stop()
@@ -203,14 +204,19 @@ async def test_ready_turns_503_at_once_and_delay_keeps_serving(upstream, gateway
 async def test_streams_in_flight_finish_on_sigterm(upstream, gateway):
     gw = gateway(config(route(upstream, external="/stream", internal="/stream", methods=["GET"])))
     async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+        streaming = asyncio.Semaphore(0)
+
         async def fetch() -> bytes:
             async with c.stream("GET", gw.url + "/stream", params={"chunks": 15, "size": 100, "interval_ms": 100}) as r:
                 assert r.status_code == 200
-                return b"".join([chunk async for chunk in r.aiter_raw()])
+                raw = r.aiter_raw()
+                chunks = [await raw.__anext__()]
+                streaming.release()  # this response is in flight: its first bytes have arrived
+                return b"".join(chunks + [chunk async for chunk in raw])
 
         tasks = [asyncio.create_task(fetch()) for _ in range(5)]
-        await asyncio.to_thread(upstream.wait_for_count, 5, 10.0)
-        await asyncio.sleep(0.2)
+        for _ in tasks:
+            await asyncio.wait_for(streaming.acquire(), 10)
         gw.proc.send_signal(signal.SIGTERM)
         bodies = await asyncio.gather(*tasks)
     assert [len(b) for b in bodies] == [1500] * 5
