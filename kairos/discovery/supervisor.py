@@ -24,6 +24,7 @@ from kairos.discovery.members import DiscoveredCluster, Lookup
 from kairos.discovery.resolver import DnsResolver, Endpoint, ResolutionError
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
+from kairos.tasks import cancel_and_wait
 
 
 class DiscoverySupervisor:
@@ -141,9 +142,5 @@ class DiscoverySupervisor:
         self.running = False
         tasks = list(self.tasks.values())
         self.tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)
 

@@ -242,29 +242,27 @@ def _max_json_body(value: int) -> int:
     return value
 
 
-class RequestTransformation(_Block):
+class _BodyEdits(_Block):
+    """What both directions share: JSON body edits, applied to bodies up to max_json_body."""
+
+    json_edits: list[JsonEdit] = Field(default_factory=list, alias="json")
+    max_json_body: int = MAX_JSON_BODY
+
+    @field_validator("max_json_body")
+    @classmethod
+    def _limit(cls, value: int) -> int:
+        return _max_json_body(value)
+
+
+class RequestTransformation(_BodyEdits):
     headers: list[RequestHeaderEdit] = Field(default_factory=list)
     path: PathRewrite | None = None
     query_params: list[QueryEdit] = Field(default_factory=list)
-    json_edits: list[JsonEdit] = Field(default_factory=list, alias="json")
-    max_json_body: int = MAX_JSON_BODY
-
-    @field_validator("max_json_body")
-    @classmethod
-    def _limit(cls, value: int) -> int:
-        return _max_json_body(value)
 
 
-class ResponseTransformation(_Block):
+class ResponseTransformation(_BodyEdits):
     headers: list[ResponseHeaderEdit] = Field(default_factory=list)
     status_code_mappings: list[StatusMapping] = Field(default_factory=list)
-    json_edits: list[JsonEdit] = Field(default_factory=list, alias="json")
-    max_json_body: int = MAX_JSON_BODY
-
-    @field_validator("max_json_body")
-    @classmethod
-    def _limit(cls, value: int) -> int:
-        return _max_json_body(value)
 
 
 def _templates(block: RequestTransformation | ResponseTransformation | None, key: str):

@@ -15,13 +15,13 @@ keeps its verdict); the others are cancelled or started. `aclose()` stops all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import httpx
 
 from kairos.config.models import HealthCheckConfig
 from kairos.observability.logging import log_event
+from kairos.tasks import cancel_and_wait
 from kairos.upstream.backend import Backend
 
 
@@ -135,8 +135,4 @@ class HealthSupervisor:
     async def aclose(self) -> None:
         tasks = [task for _, task in self.tasks.values()]
         self.tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)
