@@ -56,6 +56,7 @@ from hishel._core._spec import get_age, get_freshness_lifetime, refresh_response
 from kairos.cache.storage import StoredEntry, StoreUnavailable
 from kairos.config.cache import CacheConfig
 from kairos.errors import GatewayError
+from kairos.middleware.compression import CACHED_BODY
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
 from kairos.proxy.exchange import EXCHANGE, exchange_of
@@ -296,7 +297,7 @@ class Cache:
             return
         if not any(n == b"content-length" for n, _ in headers):
             headers.append((b"content-length", str(len(entry.body)).encode()))
-        scope["kairos.cached_body"] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
+        scope[CACHED_BODY] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else entry.body})
 
