@@ -210,8 +210,7 @@ class Cache:
             v.strip().lower() for v in ",".join(headers.get("vary", ())).split(",") if v.strip())
         if vary_names is not None and "*" in vary_names:
             vary_names = None
-        entry.meta = (born, born + lifetime, bool(parse_cache_control(", ".join(headers.get("cache-control", ()))).no_cache),
-                      vary_names)
+        entry.meta = (born, born + lifetime, bool(cc.no_cache), vary_names)  # the s-maxage added does not change no-cache
         return view
 
     def _fresh_hit(self, entries: list[StoredEntry], hmap: dict[str, list[str]]) -> StoredEntry | None:
