@@ -246,10 +246,10 @@ class Cache:
         if authorized:  # RFC 9111 3.5: only entries whose response allows shared reuse for authorized requests
             entries = [e for e in entries if _allows_authorized(e)]
         if not entries:
-            state: Any = CacheMiss(request=Request("GET", base.partition(" ")[2], Headers(hmap)), options=OPTIONS)
             if scope["method"] == "HEAD":
                 await self._forward(scope, receive, send, "miss")
             else:
+                state: Any = CacheMiss(request=Request("GET", base.partition(" ")[2], Headers(hmap)), options=OPTIONS)
                 await self._miss(scope, receive, send, state, base, extras, entries, coalesced)
             return
         if "cache-control" not in hmap and "pragma" not in hmap:
