@@ -31,6 +31,17 @@ async def test_miss_then_hit_with_age_and_xcache():
     assert (h["x-cache"], b) == ("HIT", b"")
 
 
+async def test_a_head_miss_goes_upstream_and_stores_nothing():
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    app = layer(origin)
+    s, h, _ = await get(app, method="HEAD")
+    assert (s, h["x-cache"]) == (200, "MISS")
+    assert [c["method"] for c in origin.calls] == ["HEAD"]  # forwarded as a HEAD, not turned into a GET
+    _, h, b = await get(app)
+    assert (h["x-cache"], b) == ("MISS", b"hello")  # the HEAD's answer (no body) was not stored
+    assert len(origin.calls) == 2
+
+
 @pytest.mark.parametrize("cc, extra, stored", [
     ("no-store", {}, False),
     ("private", {}, False),
