@@ -38,11 +38,8 @@ async def purge_redis(config: GatewayConfig, redis_url_for: Callable[[str | None
         client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         try:
             store = RedisStore(client, prefix)
-            if route is not None:
-                removed += await store.purge(route=route)
-            else:
-                for name in routes:
-                    removed += await store.purge(route=name)
+            for name in routes:  # with `route` given, redis_caches kept only that route
+                removed += await store.purge(route=name)
         finally:
             await client.aclose()
     return removed
