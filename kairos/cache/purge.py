@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kairos.cache.storage import RedisStore
+from kairos.cache.stores import cache_redis_url
 from kairos.config.cache import CacheConfig
 from kairos.config.models import GatewayConfig
 
@@ -23,8 +24,7 @@ def redis_caches(config: GatewayConfig, redis_url_for: Callable[[str | None], st
         cache: CacheConfig | None = config.policy(router, "cache")
         if cache is None or not cache.enabled or cache.backend != "redis":
             continue
-        rate_limit = config.policy(router, "rate_limit")
-        url = redis_url_for(cache.redis_url or (rate_limit.redis_url if rate_limit is not None else None))
+        url = cache_redis_url(cache, config.policy(router, "rate_limit"), redis_url_for)
         out.setdefault((url, cache.redis_key_prefix), []).append(router.external_path)
     return out
 
