@@ -319,6 +319,29 @@ def test_config_block_and_errors():
         assert path in text
 
 
+def test_redis_url_is_the_caches_own_else_rate_limits_else_the_default():
+    from kairos.cache.purge import redis_caches
+
+    def router(path, **extra):
+        return {"external_path": path, "internal_path": "/", "methods": ["GET"], "host": "http://h", "port": 1, **extra}
+
+    cfg = GatewayConfig.model_validate({
+        "cache": {"enabled": True, "backend": "redis"},
+        "routers": [
+            router("/own", cache={"enabled": True, "backend": "redis", "redis_url": "redis://own:1"},
+                   rate_limit={"redis_url": "redis://rl:2"}),
+            router("/rl", rate_limit={"redis_url": "redis://rl:2"}),
+            router("/none"),
+            router("/mem", cache={"enabled": True}),
+        ],
+    })
+    default = lambda url: url or "redis://default:3"  # noqa: E731
+    assert redis_caches(cfg, default) == {("redis://own:1", "kairos_cache:"): ["/own"],
+                                          ("redis://rl:2", "kairos_cache:"): ["/rl"],
+                                          ("redis://default:3", "kairos_cache:"): ["/none"]}
+    assert redis_caches(cfg, default, route="/rl") == {("redis://rl:2", "kairos_cache:"): ["/rl"]}
+
+
 async def test_purge_through_the_gateway_handle_reaches_every_route():
     stores = CacheStores()
     config = CacheConfig(enabled=True)
