@@ -91,10 +91,7 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
     sent = 0
     watcher: asyncio.Task[None] | None = None
     try:
-        status = response.status
-        if not 100 <= status <= 599:  # uvicorn has no status line for it: the client would get nothing
-            response.abort()
-            raise GatewayError("upstream", "the upstream answered with an invalid status")
+        status = response.status  # 100-599: the upstream connection refuses any other (connection.py)
         await send(
             {
                 "type": "http.response.start",
