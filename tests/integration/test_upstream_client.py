@@ -75,13 +75,14 @@ async def test_body_delimited_by_close(client):
         assert server.connections == 2  # never reused after a close-delimited body
 
 
-async def test_head_response_has_no_body_and_closes(client):
+async def test_head_response_has_no_body_and_keeps_the_connection(client):
     async with Upstream(answer_forever(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) as server:
         r = await get(client, server.port, method="HEAD")
         assert r.status == 200
         assert await body_of(r) == b""
         r = await get(client, server.port, method="HEAD")
         assert await body_of(r) == b""
+        assert server.connections == 1  # HEAD no longer forces a new connection (issue 10)
 
 
 async def test_interim_100_continue_is_skipped(client):
