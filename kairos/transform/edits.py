@@ -35,7 +35,8 @@ def _sorted(edits: list) -> list:
 class _Op:
     """One compiled header or query edit."""
 
-    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "expand")
+    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "expand",
+                 "encoded_name", "encoded_to")
 
     def __init__(self, edit: _Edit, *, header: bool) -> None:
         self.action = edit.action
@@ -56,6 +57,9 @@ class _Op:
         else:
             self.name = edit.name
             self.to = edit.to
+            # Query names as they are written on the wire, percent-encoded once, here.
+            self.encoded_name = quote(edit.name, safe=_QUERY_SAFE)
+            self.encoded_to = quote(edit.to, safe=_QUERY_SAFE) if edit.to is not None else None
             if self.value is not None:  # literal text of a query value is percent-encoded once, here
                 self.value.parts = tuple(quote(p, safe=_QUERY_SAFE) if isinstance(p, str) else p
                                          for p in self.value.parts)
@@ -201,11 +205,10 @@ class QueryEdits:
                 keep = [i for i, n in enumerate(names) if n != name]
                 items, names = [items[i] for i in keep], [names[i] for i in keep]
             elif action == "rename":
-                to = quote(op.to, safe=_QUERY_SAFE)
                 for i, n in enumerate(names):
                     if n == name:
                         _, eq, value = items[i].partition("=")
-                        items[i], names[i] = to + eq + value, op.to
+                        items[i], names[i] = op.encoded_to + eq + value, op.to
             elif action == "replace":
                 if op.regex is None:
                     if name in names:
@@ -227,7 +230,7 @@ class QueryEdits:
         return "&".join(items)
 
     def _item(self, op: _Op, view: RequestView) -> str:
-        return quote(op.name, safe=_QUERY_SAFE) + "=" + op.value.render(view, url=True)  # type: ignore[union-attr]
+        return op.encoded_name + "=" + op.value.render(view, url=True)  # type: ignore[union-attr]
 
     def _set(self, items: list[str], names: list[str], op: _Op, view: RequestView) -> tuple[list[str], list[str]]:
         """One parameter where the first one was (at the end when absent); the others go."""

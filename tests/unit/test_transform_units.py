@@ -300,6 +300,11 @@ def test_query_edits_keep_other_parameters_byte_for_byte():
         == "new=a%2Fb%20c"
 
 
+def test_query_names_are_percent_encoded_on_the_wire():
+    assert query_after([{"action": "add", "name": "a b&c", "value": "1"}], "x=1") == "x=1&a%20b%26c=1"
+    assert query_after([{"action": "rename", "name": "a b", "to": "c=d"}], "a+b=1&a%20b=2") == "c%3Dd=1&c%3Dd=2"
+
+
 def rewrite(pattern, replacement, path, **kw):
     return PathRewriter(PathRewrite(pattern=pattern, replacement=replacement)).apply(path, view(path=path, **kw))
 
