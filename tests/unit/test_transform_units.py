@@ -252,6 +252,8 @@ def test_header_value_with_crlf_after_templating_is_dropped(caplog):
                          {"action": "add", "name": "X-Ok", "value": "fine"}],
                         [("X-Q", "old")], query=b"q=a%0d%0aInjected:%20yes")
     assert out == [("x-ok", "fine")]
+    dropped = [r.fields for r in caplog.records if r.getMessage() == "transform_header_dropped"]
+    assert [(f["header"], f["side"], f["request_id"]) for f in dropped] == [("X-Q", "request", "rid-1")]
 
 
 @pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Upgrade", "TE", "Host",
