@@ -321,7 +321,7 @@ def test_path_rewrite():
 
 
 @pytest.mark.parametrize("path", ["/api/v1/..", "/api/v1/a/%2e%2e/b", "/api/v1/a%2fb", "/api/v1/a%5Cb",
-                                  "/api/v1/a\\b"])
+                                  "/api/v1/a\\b", "/api/v1/..;jsessionid=x/b", "/api/v1/a/%2E%2e;x"])
 def test_unsafe_rewrites_are_400(path):
     with pytest.raises(GatewayError) as info:
         rewrite(r"^/api/v1/(.+)$", "/v2/$1", path)
