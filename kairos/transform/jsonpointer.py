@@ -128,6 +128,3 @@ def rename(doc: Any, tokens: tuple[str, ...], to: tuple[str, ...]) -> None:
     value = pop(doc, tokens)
     if value is not _MISSING:
         put(doc, to, value)
-
-
-MISSING = _MISSING
