@@ -84,7 +84,8 @@ class LiveControl:
         self.gateway.config_digest = digest
 
     def revert(self, config: GatewayConfig) -> None:
-        self.gateway.swap(config)
+        """Back to `config` through the same path (drained state, counts and log included)."""
+        self.gateway.apply(config, "admin_revert")
 
     def clusters(self) -> list[dict[str, Any]]:
         runtime = self.gateway.runtime

@@ -73,6 +73,7 @@ async def test_a_failed_write_back_leaves_the_previous_config_live(tmp_path, mon
     from kairos.admin.store import ConfigStore
     from kairos.config import load_config
     from kairos.gateway import Gateway
+    from kairos.upstream.drain import write_drained
 
     def router(port):
         return {"name": "users", "external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"],
@@ -83,6 +84,7 @@ async def test_a_failed_write_back_leaves_the_previous_config_live(tmp_path, mon
     monkeypatch.setenv(TOKEN_ENV, ADMIN_TOKEN)
     config = load_config(str(path))
     gateway = Gateway(config, str(path))
+    write_drained(str(path), ["http://127.0.0.1:9001"])  # in maintenance: must stay so after the revert
     state = AdminState(LiveControl(gateway), str(path), TokenTable.from_config(config.admin))
 
     def full(self, document):
@@ -99,5 +101,5 @@ async def test_a_failed_write_back_leaves_the_previous_config_live(tmp_path, mon
         r = await admin.put("/admin/config", json=doc, headers={"if-match": current.headers["etag"]})
     assert r.status_code == 500 and "previous config stays live" in r.json()["error"]
     assert path.read_bytes() == before
-    assert [b.port for b in gateway.runtime.backends.values()] == [9001]
+    assert [(b.port, b.drained) for b in gateway.runtime.backends.values()] == [(9001, True)]
     assert gateway.config.routers[0].backend_list[0].port == 9001
