@@ -267,15 +267,17 @@ class MethodNotAllowed:
 # --------------------------------------------------------------------------- safety
 
 
-def _check_param(name: str, value: str, is_path: bool) -> None:
+def check_param(name: str, value: str, is_path: bool, what: str = "path parameter {!r}") -> None:
+    """Raise UnsafePath when `value` could escape the path it is put in; `what` names it in
+    the message (formatted with `name`; the transformation's path rewrite uses it too)."""
     if "\\" in value:
-        raise UnsafePath(f"path parameter {name!r} contains a backslash")
+        raise UnsafePath(f"{what.format(name)} contains a backslash")
     if "%" in value:
         low = value.lower()
         if "%2f" in low:
-            raise UnsafePath(f"path parameter {name!r} contains an encoded slash")
+            raise UnsafePath(f"{what.format(name)} contains an encoded slash")
         if "%5c" in low:
-            raise UnsafePath(f"path parameter {name!r} contains an encoded backslash")
+            raise UnsafePath(f"{what.format(name)} contains an encoded backslash")
     for seg in value.split("/") if is_path else (value,):
         if "%" in seg:
             seg = unquote(seg)
@@ -284,7 +286,7 @@ def _check_param(name: str, value: str, is_path: bool) -> None:
         if cut != -1:
             seg = seg[:cut]
         if seg == "." or seg == "..":
-            raise UnsafePath(f"path parameter {name!r} contains a '.' or '..' segment")
+            raise UnsafePath(f"{what.format(name)} contains a '.' or '..' segment")
 
 
 # --------------------------------------------------------------------------- router
@@ -525,7 +527,7 @@ class Router:
         if kind == 1:  # exactly one '{name}'
             value = segs[route.idx]
             if value[0] == "." or "%" in value or "\\" in value:
-                _check_param(route.name, value, False)
+                check_param(route.name, value, False)
             params = {route.name: value}
         elif kind == 0:
             params = {}
@@ -534,7 +536,7 @@ class Router:
             path_name = route.path_name
             for name, value in params.items():
                 if "." in value or "%" in value or "\\" in value:
-                    _check_param(name, value, name == path_name)
+                    check_param(name, value, name == path_name)
         m = _new(Match)
         _set_target(m, route.target)
         _set_params(m, params)

@@ -70,7 +70,6 @@ class HeaderLimits:
             refusal = head_refusal(scope, self.source.runtime.config.server)
             if refusal is not None:
                 kind, message = refusal
-                scope["kairos.error"] = kind
                 await send_error(scope, send, kind, message, [(b"connection", b"close")])
                 return
         await self.app(scope, receive, send)

@@ -60,7 +60,6 @@ class GatewayEndpoint:
                 raise
         except GatewayError as exc:
             # Raised only before the response starts (layers send their own errors after).
-            scope["kairos.error"] = exc.kind
             await send_error(scope, send, exc.kind, exc.message, exc.headers)
 
     @staticmethod
@@ -86,7 +85,6 @@ class GatewayEndpoint:
             policy = route.extras.get(CORS_KEY)
             if policy is not None and await policy.answer_preflight(scope, send):
                 return
-        scope["kairos.error"] = "method_not_allowed"
         await send_error(
             scope,
             send,

@@ -133,13 +133,15 @@ def exchange_of(scope: Scope, send: Send) -> tuple[Exchange, Send]:
 
 def on_response_start(scope: Scope, send: Send, hook: StartHook) -> Send:
     """Register `hook` on the request's exchange; returns the send to pass on."""
-    exchange = scope.get(EXCHANGE)
-    if exchange is not None:
-        exchange.hooks.append(hook)
-        return send
-    exchange = scope[EXCHANGE] = Exchange(scope)
+    exchange, send = exchange_of(scope, send)
     exchange.hooks.append(hook)
-    return exchange.wrap(scope, send)
+    return send
+
+
+def request_has_body(scope: Scope) -> bool:
+    """The has-body fact: the Exchange's (computed once per request), else computed now."""
+    exchange = scope.get(EXCHANGE)
+    return exchange.has_body if exchange is not None else has_body(scope)
 
 
 class OpenExchange:

@@ -19,7 +19,7 @@ from kairos.observability import metrics
 from kairos.observability.logging import log_event
 from kairos.observability.metrics import count_upstream_error
 from kairos.proxy.body import ClientDisconnected, StreamedBody, buffer_body, request_body
-from kairos.proxy.exchange import EXCHANGE, has_body, response_headers, upstream_headers
+from kairos.proxy.exchange import request_has_body, response_headers, upstream_headers
 from kairos.types import Receive, Scope, Send
 from kairos.upstream.backend import Backend
 from kairos.upstream.breaker import OPEN, retry_after_header
@@ -91,10 +91,7 @@ async def relay_response(scope: Scope, send: Send, response: Response, receive: 
     sent = 0
     watcher: asyncio.Task[None] | None = None
     try:
-        status = response.status
-        if not 100 <= status <= 599:  # uvicorn has no status line for it: the client would get nothing
-            response.abort()
-            raise GatewayError("upstream", "the upstream answered with an invalid status")
+        status = response.status  # 100-599: the upstream connection refuses any other (connection.py)
         await send(
             {
                 "type": "http.response.start",
@@ -187,8 +184,7 @@ class Forwarder:
         if route.retry is not None:
             await self._with_retries(scope, receive, send)
             return
-        exchange = scope.get(EXCHANGE)
-        body = request_body(receive) if (exchange.has_body if exchange is not None else has_body(scope)) else None
+        body = request_body(receive) if request_has_body(scope) else None
         try:
             _, backend, response = await self.attempt(scope, self.target(scope), body, route.timeout_s)
         except AttemptFailed as failed:
@@ -308,8 +304,7 @@ class Forwarder:
         deadline = time.monotonic() + route.timeout_s
         path = self.target(scope)
         body: bytes | StreamedBody | None = None
-        exchange = scope.get(EXCHANGE)
-        if exchange.has_body if exchange is not None else has_body(scope):
+        if request_has_body(scope):
             try:
                 body = await buffer_body(receive, policy.buffer_bytes)
             except ClientDisconnected:

@@ -11,10 +11,11 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote, unquote_plus
+from urllib.parse import quote, unquote_plus
 
 from kairos.errors import GatewayError
 from kairos.observability.logging import log_event
+from kairos.routing import UnsafePath, check_param
 from kairos.transform import jsonpointer
 from kairos.transform.condition import Check, compile_condition
 from kairos.transform.config import ACTIONS, JsonEdit, PathRewrite, StatusMapping, _Edit
@@ -35,7 +36,8 @@ def _sorted(edits: list) -> list:
 class _Op:
     """One compiled header or query edit."""
 
-    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "expand")
+    __slots__ = ("action", "name", "to", "value", "regex", "replacement", "label", "constant", "expand",
+                 "encoded_name", "encoded_to")
 
     def __init__(self, edit: _Edit, *, header: bool) -> None:
         self.action = edit.action
@@ -56,6 +58,9 @@ class _Op:
         else:
             self.name = edit.name
             self.to = edit.to
+            # Query names as they are written on the wire, percent-encoded once, here.
+            self.encoded_name = quote(edit.name, safe=_QUERY_SAFE)
+            self.encoded_to = quote(edit.to, safe=_QUERY_SAFE) if edit.to is not None else None
             if self.value is not None:  # literal text of a query value is percent-encoded once, here
                 self.value.parts = tuple(quote(p, safe=_QUERY_SAFE) if isinstance(p, str) else p
                                          for p in self.value.parts)
@@ -201,11 +206,10 @@ class QueryEdits:
                 keep = [i for i, n in enumerate(names) if n != name]
                 items, names = [items[i] for i in keep], [names[i] for i in keep]
             elif action == "rename":
-                to = quote(op.to, safe=_QUERY_SAFE)
                 for i, n in enumerate(names):
                     if n == name:
                         _, eq, value = items[i].partition("=")
-                        items[i], names[i] = to + eq + value, op.to
+                        items[i], names[i] = op.encoded_to + eq + value, op.to
             elif action == "replace":
                 if op.regex is None:
                     if name in names:
@@ -227,7 +231,7 @@ class QueryEdits:
         return "&".join(items)
 
     def _item(self, op: _Op, view: RequestView) -> str:
-        return quote(op.name, safe=_QUERY_SAFE) + "=" + op.value.render(view, url=True)  # type: ignore[union-attr]
+        return op.encoded_name + "=" + op.value.render(view, url=True)  # type: ignore[union-attr]
 
     def _set(self, items: list[str], names: list[str], op: _Op, view: RequestView) -> tuple[list[str], list[str]]:
         """One parameter where the first one was (at the end when absent); the others go."""
@@ -265,27 +269,14 @@ class PathRewriter:
             return None
         middle = self.expand(m) if self.expand is not None else self.replacement.render(view, url=True, match=m)
         new = path[: m.start()] + middle + path[m.end():]
-        problem = unsafe_path(new)
-        if problem:
-            raise GatewayError("bad_request", f"the rewritten path {problem}")
+        if not new.startswith("/"):
+            raise GatewayError("bad_request", "the rewritten path does not start with '/'")
+        if "." in new or "%" in new or "\\" in new:  # the route captures' own rules, and their guard
+            try:
+                check_param("", new, True, what="the rewritten path")
+            except UnsafePath as exc:
+                raise GatewayError("bad_request", str(exc)) from None
         return new
-
-
-def unsafe_path(path: str) -> str | None:
-    """Why a rewritten path may not be sent (None: it may): the same rules as route captures."""
-    if not path.startswith("/"):
-        return "does not start with '/'"
-    if "\\" in path:
-        return "contains a backslash"
-    if "%" in path:
-        low = path.lower()
-        if "%2f" in low or "%5c" in low:
-            return "contains an encoded slash or backslash"
-    if "." in path or "%" in path:
-        for seg in path.split("/"):
-            if len(seg) <= 6 and (unquote(seg) if "%" in seg else seg) in (".", ".."):
-                return "contains a '.' or '..' segment"
-    return None
 
 
 class JsonEdits:

@@ -67,15 +67,21 @@ def _parent(doc: Any, tokens: tuple[str, ...], create: bool) -> Any:
     return node
 
 
-def get(doc: Any, tokens: tuple[str, ...]) -> Any:
+def _member(doc: Any, tokens: tuple[str, ...]) -> tuple[Any, Any] | None:
+    """The container holding the member the pointer names and its key or index; None when absent."""
     parent = _parent(doc, tokens, False)
     last = tokens[-1]
     if isinstance(parent, dict):
-        return parent.get(last, _MISSING)
+        return (parent, last) if last in parent else None
     if isinstance(parent, list):
         i = _index(parent, last, end_ok=False)
-        return _MISSING if i is None else parent[i]
-    return _MISSING
+        return None if i is None else (parent, i)
+    return None
+
+
+def get(doc: Any, tokens: tuple[str, ...]) -> Any:
+    member = _member(doc, tokens)
+    return _MISSING if member is None else member[0][member[1]]
 
 
 def put(doc: Any, tokens: tuple[str, ...], value: Any, *, only_if_absent: bool = False,
@@ -103,15 +109,8 @@ def put(doc: Any, tokens: tuple[str, ...], value: Any, *, only_if_absent: bool =
 
 def pop(doc: Any, tokens: tuple[str, ...]) -> Any:
     """Remove the member and return it (_MISSING when it was not there)."""
-    parent = _parent(doc, tokens, False)
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        return parent.pop(last, _MISSING)
-    if isinstance(parent, list):
-        i = _index(parent, last, end_ok=False)
-        if i is not None:
-            return parent.pop(i)
-    return _MISSING
+    member = _member(doc, tokens)
+    return _MISSING if member is None else member[0].pop(member[1])
 
 
 def append(doc: Any, tokens: tuple[str, ...], value: Any) -> None:
@@ -129,6 +128,3 @@ def rename(doc: Any, tokens: tuple[str, ...], to: tuple[str, ...]) -> None:
     value = pop(doc, tokens)
     if value is not _MISSING:
         put(doc, to, value)
-
-
-MISSING = _MISSING

@@ -71,7 +71,7 @@ def json_skip_reason(headers: list[tuple[bytes, bytes]], limit: int) -> str | No
     return None
 
 
-def _dump(doc: Any) -> bytes | None:
+def _dump(doc: Any) -> bytes:
     try:
         return orjson.dumps(doc)
     except TypeError:  # an integer beyond 64 bits: orjson refuses it
@@ -87,7 +87,7 @@ def _edit_json(body: bytes, edits: JsonEdits, view: RequestView) -> bytes | str:
     except orjson.JSONDecodeError:
         return "body is not valid JSON"
     edits.apply(doc, view)
-    return _dump(doc) or body
+    return _dump(doc)
 
 
 def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dns_server import DnsServer
-from tests.ops_helpers import metric_value
+from tests.ops_helpers import config, metric_value
 from upstream import Upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,10 +34,6 @@ def dns():
 
 def discovery(dns, **kw) -> dict:
     return {"type": "dns", "nameservers": ["127.0.0.1"], "port": dns.port, "refresh_ms": 100, "timeout_ms": 500, **kw}
-
-
-def config(routes: list[dict], **top) -> dict:
-    return {"version": 1, "routers": routes, **top}
 
 
 def route(backends: list[dict] | None = None, **extra) -> dict:
@@ -69,8 +65,8 @@ def test_every_a_record_becomes_a_backend_and_changes_apply_without_dropping_req
     b = SecondLoopbackUpstream("b", port=a.port).start()
     try:
         dns.set("users.test", "A", ["127.0.0.1"])
-        gw = gateway(config([route([{"host": "http://users.test", "port": a.port}],
-                                   health_check={"path": "/healthz", "interval_ms": 100})],
+        gw = gateway(config(route([{"host": "http://users.test", "port": a.port}],
+                                  health_check={"path": "/healthz", "interval_ms": 100}),
                             discovery=discovery(dns)))
         assert set(seq(gw, 4)) == {"a"}  # the first answer was in before the gateway said ready
         assert a.requests[-1].header("host") == f"users.test:{a.port}"  # the name, not the address
@@ -121,12 +117,13 @@ def test_srv_records_give_hosts_ports_and_weights_lowest_priority_only(dns, gate
     dns.set("b.users.test", "A", ["127.0.0.1"])
     dns.set("c.users.test", "A", ["127.0.0.1"])
     srv = dict(discovery(dns), type="dns_srv", name="_http._tcp.users.test")
-    gw = gateway(config([
+    gw = gateway(config(
         route(load_balancing_strategy="weighted", discovery=srv),
         # Under the top-level `dns` block, localhost and IP literals stay as written.
         dict(route([{"host": "http://localhost", "port": local.port}, {"host": "http://127.0.0.1", "port": local.port}]),
              external_path="/local/{rest:path}"),
-    ], discovery=discovery(dns)))
+        discovery=discovery(dns),
+    ))
     assert seq(gw, 8).count(a.name) == 6
     assert backup.count == 0
     assert a.requests[-1].header("host") == f"a.users.test:{a.port}"

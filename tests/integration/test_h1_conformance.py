@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import tracemalloc
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -26,84 +25,7 @@ from kairos.upstream.errors import (
     UpstreamProtocolError,
 )
 from kairos.upstream.pool import PoolLimits
-
-Script = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Upstream:
-    """A plain asyncio server; every connection runs `script`. Counts connections and requests."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.closed = asyncio.Event()  # set when a connection ended (EOF from the pool)
-        self.port = 0
-
-    async def __aenter__(self) -> Upstream:
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                await self.script(self, reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                pass
-            finally:
-                writer.close()
-                self.closed.set()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.requests.append(head)
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                await reader.readexactly(int(line.split(b":")[1]))
-        return head
-
-
-def replies(*answers: bytes | None, then_wait: bool = True) -> Script:
-    """Answer the connection's requests in turn with these bytes (None: close instead)."""
-
-    async def script(up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await up.read_request(reader)
-            if answer is None:
-                return
-            writer.write(answer)
-            await writer.drain()
-        if then_wait:
-            await reader.read()  # keep the connection open until the pool closes it
-
-    return script
-
-
-def answer_forever(answer: bytes, after: asyncio.Event | None = None) -> Script:
-    """Answer every request with `answer` (once `after` is set, when given)."""
-
-    async def script(up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await up.read_request(reader)
-            if after is not None:
-                await after.wait()
-            writer.write(answer)
-            await writer.drain()
-
-    return script
-
-
-@pytest.fixture
-async def client():
-    c = UpstreamClient()
-    await c.start()
-    yield c
-    await c.aclose()
+from tests.h1_upstream import OK, Upstream, answer_forever, client, read_body, replies  # noqa: F401 (client: a fixture)
 
 
 async def fetch(client: UpstreamClient, port: int, method: str = "GET", **kw):
@@ -111,10 +33,7 @@ async def fetch(client: UpstreamClient, port: int, method: str = "GET", **kw):
     headers = kw.pop("headers", [(b"host", b"up")])
     r = await client.request("http", "127.0.0.1", port, method, kw.pop("target", "/"), headers, kw.pop("body", None), 2.0, **kw)
     try:
-        body = b""
-        while chunk := await r.read():
-            body += chunk
-        return r.status, r.raw_headers, body
+        return r.status, r.raw_headers, await read_body(r)
     finally:
         r.release()
 

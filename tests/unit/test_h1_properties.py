@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from kairos.upstream.connection import Connection
 from kairos.upstream.errors import UpstreamError
 from kairos.upstream.pool import PoolLimits, UpstreamPool
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+from tests.h1_upstream import OK, read_body
 
 
 # --------------------------------------------------------------------------- properties (in process)
@@ -91,10 +90,7 @@ async def exchange(pool: UpstreamPool, method: str = "GET", timeout: float = 1.0
         async with asyncio.timeout(timeout):
             r = await pool.request("http", "up", 80, method, "/", [(b"host", b"up")])
             try:
-                body = b""
-                while chunk := await r.read():
-                    body += chunk
-                return r.status, r.raw_headers, body
+                return r.status, r.raw_headers, await read_body(r)
             finally:
                 r.release()
     except UpstreamError as exc:

@@ -252,6 +252,8 @@ def test_header_value_with_crlf_after_templating_is_dropped(caplog):
                          {"action": "add", "name": "X-Ok", "value": "fine"}],
                         [("X-Q", "old")], query=b"q=a%0d%0aInjected:%20yes")
     assert out == [("x-ok", "fine")]
+    dropped = [r.fields for r in caplog.records if r.getMessage() == "transform_header_dropped"]
+    assert [(f["header"], f["side"], f["request_id"]) for f in dropped] == [("X-Q", "request", "rid-1")]
 
 
 @pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Upgrade", "TE", "Host",
@@ -300,6 +302,11 @@ def test_query_edits_keep_other_parameters_byte_for_byte():
         == "new=a%2Fb%20c"
 
 
+def test_query_names_are_percent_encoded_on_the_wire():
+    assert query_after([{"action": "add", "name": "a b&c", "value": "1"}], "x=1") == "x=1&a%20b%26c=1"
+    assert query_after([{"action": "rename", "name": "a b", "to": "c=d"}], "a+b=1&a%20b=2") == "c%3Dd=1&c%3Dd=2"
+
+
 def rewrite(pattern, replacement, path, **kw):
     return PathRewriter(PathRewrite(pattern=pattern, replacement=replacement)).apply(path, view(path=path, **kw))
 
@@ -314,7 +321,7 @@ def test_path_rewrite():
 
 
 @pytest.mark.parametrize("path", ["/api/v1/..", "/api/v1/a/%2e%2e/b", "/api/v1/a%2fb", "/api/v1/a%5Cb",
-                                  "/api/v1/a\\b"])
+                                  "/api/v1/a\\b", "/api/v1/..;jsessionid=x/b", "/api/v1/a/%2E%2e;x"])
 def test_unsafe_rewrites_are_400(path):
     with pytest.raises(GatewayError) as info:
         rewrite(r"^/api/v1/(.+)$", "/v2/$1", path)
