@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kairos.cache.layer import Cache, CachePolicy, cache_policy
 from kairos.cache.storage import MemoryStore, RedisStore, StoredEntry, StoreUnavailable
-from kairos.cache.stores import CacheStores
+from kairos.cache.stores import CacheStores, cache_redis_url
 from kairos.config.cache import CacheConfig
 from kairos.edge import redis_url_for
 
@@ -29,7 +29,6 @@ def cache_layer(route: CompiledRoute, deps: LayerDeps) -> Wrap | None:
     policy = cache_policy(route.name, config)
     if policy is None or config is None:
         return None
-    rate_limit = route.policy("rate_limit")
-    redis_url = redis_url_for(config.redis_url or (rate_limit.redis_url if rate_limit is not None else None))
+    redis_url = cache_redis_url(config, route.policy("rate_limit"), redis_url_for)
     store, inflight, refreshing = deps.caches.store_for(config, redis_url)
     return partial(Cache, policy=policy, store=store, inflight=inflight, refreshing=refreshing)

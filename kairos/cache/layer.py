@@ -56,6 +56,7 @@ from hishel._core._spec import get_age, get_freshness_lifetime, refresh_response
 from kairos.cache.storage import StoredEntry, StoreUnavailable
 from kairos.config.cache import CacheConfig
 from kairos.errors import GatewayError
+from kairos.middleware.compression import CACHED_BODY
 from kairos.observability import metrics
 from kairos.observability.logging import log_event
 from kairos.proxy.exchange import EXCHANGE, exchange_of
@@ -209,8 +210,7 @@ class Cache:
             v.strip().lower() for v in ",".join(headers.get("vary", ())).split(",") if v.strip())
         if vary_names is not None and "*" in vary_names:
             vary_names = None
-        entry.meta = (born, born + lifetime, bool(parse_cache_control(", ".join(headers.get("cache-control", ()))).no_cache),
-                      vary_names)
+        entry.meta = (born, born + lifetime, bool(cc.no_cache), vary_names)  # the s-maxage added does not change no-cache
         return view
 
     def _fresh_hit(self, entries: list[StoredEntry], hmap: dict[str, list[str]]) -> StoredEntry | None:
@@ -246,10 +246,10 @@ class Cache:
         if authorized:  # RFC 9111 3.5: only entries whose response allows shared reuse for authorized requests
             entries = [e for e in entries if _allows_authorized(e)]
         if not entries:
-            state: Any = CacheMiss(request=Request("GET", base.partition(" ")[2], Headers(hmap)), options=OPTIONS)
             if scope["method"] == "HEAD":
                 await self._forward(scope, receive, send, "miss")
             else:
+                state: Any = CacheMiss(request=Request("GET", base.partition(" ")[2], Headers(hmap)), options=OPTIONS)
                 await self._miss(scope, receive, send, state, base, extras, entries, coalesced)
             return
         if "cache-control" not in hmap and "pragma" not in hmap:
@@ -296,7 +296,7 @@ class Cache:
             return
         if not any(n == b"content-length" for n, _ in headers):
             headers.append((b"content-length", str(len(entry.body)).encode()))
-        scope["kairos.cached_body"] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
+        scope[CACHED_BODY] = (entry.id, entry.stored_at)  # compression keeps its encodings of it
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else entry.body})
 

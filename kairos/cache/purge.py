@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kairos.cache.storage import RedisStore
+from kairos.cache.stores import cache_redis_url
 from kairos.config.cache import CacheConfig
 from kairos.config.models import GatewayConfig
 
@@ -23,8 +24,7 @@ def redis_caches(config: GatewayConfig, redis_url_for: Callable[[str | None], st
         cache: CacheConfig | None = config.policy(router, "cache")
         if cache is None or not cache.enabled or cache.backend != "redis":
             continue
-        rate_limit = config.policy(router, "rate_limit")
-        url = redis_url_for(cache.redis_url or (rate_limit.redis_url if rate_limit is not None else None))
+        url = cache_redis_url(cache, config.policy(router, "rate_limit"), redis_url_for)
         out.setdefault((url, cache.redis_key_prefix), []).append(router.external_path)
     return out
 
@@ -38,11 +38,8 @@ async def purge_redis(config: GatewayConfig, redis_url_for: Callable[[str | None
         client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         try:
             store = RedisStore(client, prefix)
-            if route is not None:
-                removed += await store.purge(route=route)
-            else:
-                for name in routes:
-                    removed += await store.purge(route=name)
+            for name in routes:  # with `route` given, redis_caches kept only that route
+                removed += await store.purge(route=name)
         finally:
             await client.aclose()
     return removed

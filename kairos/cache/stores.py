@@ -10,6 +10,11 @@ from kairos.config.cache import CacheConfig
 from kairos.observability.logging import redact
 
 
+def cache_redis_url(config: CacheConfig, rate_limit: Any, redis_url_for: Callable[[str | None], str]) -> str:
+    """The Redis a cache uses: its own `redis_url`, else the route's `rate_limit` one, else the default."""
+    return redis_url_for(config.redis_url or (rate_limit.redis_url if rate_limit is not None else None))
+
+
 class CacheStores:
     """One store per backend (memory budget, or Redis URL + prefix), shared by the routes using it.
 

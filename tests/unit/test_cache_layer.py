@@ -31,6 +31,17 @@ async def test_miss_then_hit_with_age_and_xcache():
     assert (h["x-cache"], b) == ("HIT", b"")
 
 
+async def test_a_head_miss_goes_upstream_and_stores_nothing():
+    origin = Origin(ok(**{"cache-control": "max-age=60"}))
+    app = layer(origin)
+    s, h, _ = await get(app, method="HEAD")
+    assert (s, h["x-cache"]) == (200, "MISS")
+    assert [c["method"] for c in origin.calls] == ["HEAD"]  # forwarded as a HEAD, not turned into a GET
+    _, h, b = await get(app)
+    assert (h["x-cache"], b) == ("MISS", b"hello")  # the HEAD's answer (no body) was not stored
+    assert len(origin.calls) == 2
+
+
 @pytest.mark.parametrize("cc, extra, stored", [
     ("no-store", {}, False),
     ("private", {}, False),
@@ -306,6 +317,29 @@ def test_config_block_and_errors():
     text = str(err.value)
     for path in ("cache.ttl_secs", "cache.backend", "cache.max_size", "cache.key.extra", "cache.redis_url"):
         assert path in text
+
+
+def test_redis_url_is_the_caches_own_else_rate_limits_else_the_default():
+    from kairos.cache.purge import redis_caches
+
+    def router(path, **extra):
+        return {"external_path": path, "internal_path": "/", "methods": ["GET"], "host": "http://h", "port": 1, **extra}
+
+    cfg = GatewayConfig.model_validate({
+        "cache": {"enabled": True, "backend": "redis"},
+        "routers": [
+            router("/own", cache={"enabled": True, "backend": "redis", "redis_url": "redis://own:1"},
+                   rate_limit={"redis_url": "redis://rl:2"}),
+            router("/rl", rate_limit={"redis_url": "redis://rl:2"}),
+            router("/none"),
+            router("/mem", cache={"enabled": True}),
+        ],
+    })
+    default = lambda url: url or "redis://default:3"  # noqa: E731
+    assert redis_caches(cfg, default) == {("redis://own:1", "kairos_cache:"): ["/own"],
+                                          ("redis://rl:2", "kairos_cache:"): ["/rl"],
+                                          ("redis://default:3", "kairos_cache:"): ["/none"]}
+    assert redis_caches(cfg, default, route="/rl") == {("redis://rl:2", "kairos_cache:"): ["/rl"]}
 
 
 async def test_purge_through_the_gateway_handle_reaches_every_route():
