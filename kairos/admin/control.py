@@ -84,7 +84,8 @@ class LiveControl:
         self.gateway.config_digest = digest
 
     def revert(self, config: GatewayConfig) -> None:
-        self.gateway.swap(config)
+        """Back to `config` through the same path (drained state, counts and log included)."""
+        self.gateway.apply(config, "admin_revert")
 
     def clusters(self) -> list[dict[str, Any]]:
         runtime = self.gateway.runtime
@@ -188,14 +189,12 @@ class SupervisorControl:
     def activate(self, config: GatewayConfig) -> None:
         self._config = config
 
+    revert = activate  # nothing reached the workers yet: only the supervisor's copy goes back
 
     def written(self, digest: bytes) -> None:
         self._seen = self._stamp()
         self.signal_workers()
         log_event("config_pushed", trigger="admin", source=self.config_path, workers=self._workers)
-
-    def revert(self, config: GatewayConfig) -> None:
-        self._config = config
 
     def clusters(self) -> list[dict[str, Any]]:
         from prometheus_client import multiprocess

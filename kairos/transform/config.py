@@ -173,8 +173,11 @@ class PathRewrite(_Block):
     @field_validator("replacement")
     @classmethod
     def _replacement(cls, value: str) -> str:
-        _template(value, groups=True)
-        for part in Template(value, groups=True).parts:
+        try:
+            parts = Template(value, groups=True).parts
+        except TemplateError as exc:
+            raise _problem(str(exc)) from None
+        for part in parts:
             if isinstance(part, str):
                 bad = [c for c in part if c in "?#" or ord(c) <= 0x20 or ord(c) >= 0x7F]
                 if bad:

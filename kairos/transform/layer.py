@@ -30,7 +30,7 @@ from kairos.proxy.exchange import on_response_start
 from kairos.routing import PathTemplate
 from kairos.transform.config import RequestTransformation, ResponseTransformation
 from kairos.transform.edits import HeaderEdits, JsonEdits, PathRewriter, QueryEdits, StatusMap
-from kairos.transform.view import RequestView, raw_path
+from kairos.transform.view import RequestView
 from kairos.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Transform:
 
     def target(self, scope: Scope, view: RequestView) -> str:
         """The upstream request target: the rewritten path (else internal_path) and the edited query."""
-        path = self.path.apply(raw_path(scope), view) if self.path is not None else None
+        path = self.path.apply(view.path, view) if self.path is not None else None
         if path is None:
             path = self.template.render(scope["kairos.params"])
         qs = scope.get("query_string", b"").decode("latin-1")

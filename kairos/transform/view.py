@@ -1,7 +1,7 @@
 """What templates and conditions read from a request, looked up lazily.
 
-One RequestView per request, built only on routes whose transformations use
-request values. It reads the request as the client sent it (after the auth
+One RequestView per request on a route with a transformation; each value is
+computed on first use and kept. It reads the request as the client sent it (after the auth
 layer's own header changes), never the edits being made.
 """
 

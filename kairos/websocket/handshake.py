@@ -16,6 +16,7 @@ detection and retry treat them as for HTTP.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,12 @@ def handshake_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str,
     return out
 
 
+@functools.cache
+def _client_tls() -> ssl.SSLContext:
+    """The trust store is read once per process (as the HTTP pool's context), not per wss:// connect."""
+    return ssl.create_default_context()
+
+
 def upstream_uri(secure: bool, authority: str, path_and_query: str) -> str:
     return f"{'wss' if secure else 'ws'}://{authority}{path_and_query}"
 
@@ -93,7 +100,7 @@ async def open_upstream(
     """Connect and complete the handshake within `timeout_s`; raise UpstreamRefused or an UpstreamError."""
     kwargs: dict[str, Any] = {}
     if uri.startswith("wss:"):
-        kwargs["ssl"] = ssl.create_default_context()
+        kwargs["ssl"] = _client_tls()
     try:
         return await connect(
             uri,

@@ -62,3 +62,44 @@ def test_percentile_interpolates_inside_buckets():
     assert percentile(buckets, 0.5) == pytest.approx(0.01)
     assert percentile(buckets, 0.75) == pytest.approx(0.055)
     assert percentile([], 0.5) is None
+
+
+async def test_a_failed_write_back_leaves_the_previous_config_live(tmp_path, monkeypatch):
+    """The file cannot be written (disk full): 500, and the running gateway goes back to the old config."""
+    import httpx
+
+    from kairos.admin.api import AdminState, create_admin_app
+    from kairos.admin.control import LiveControl
+    from kairos.admin.store import ConfigStore
+    from kairos.config import load_config
+    from kairos.gateway import Gateway
+    from kairos.upstream.drain import write_drained
+
+    def router(port):
+        return {"name": "users", "external_path": "/api/{id}", "internal_path": "/{id}", "methods": ["GET"],
+                "backends": [{"host": "http://127.0.0.1", "port": port}]}
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"routers": [router(9001)], "admin": admin_block(5901)}))
+    monkeypatch.setenv(TOKEN_ENV, ADMIN_TOKEN)
+    config = load_config(str(path))
+    gateway = Gateway(config, str(path))
+    write_drained(str(path), ["http://127.0.0.1:9001"])  # in maintenance: must stay so after the revert
+    state = AdminState(LiveControl(gateway), str(path), TokenTable.from_config(config.admin))
+
+    def full(self, document):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ConfigStore, "write", full)
+    before = path.read_bytes()
+    transport = httpx.ASGITransport(app=create_admin_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin",
+                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+        current = await admin.get("/admin/config")
+        doc = current.json()
+        doc["routers"][0]["backends"][0]["port"] = 9002
+        r = await admin.put("/admin/config", json=doc, headers={"if-match": current.headers["etag"]})
+    assert r.status_code == 500 and "previous config stays live" in r.json()["error"]
+    assert path.read_bytes() == before
+    assert [(b.port, b.drained) for b in gateway.runtime.backends.values()] == [(9001, True)]
+    assert gateway.config.routers[0].backend_list[0].port == 9001

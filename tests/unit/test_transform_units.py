@@ -355,7 +355,7 @@ def test_config_problems_name_their_place():
             "headers": [{"action": "add", "name": "X-A", "value": "{nope}"},
                         {"action": "frob", "name": "X-B"},
                         {"action": "set", "name": "Content-Length", "value": "1"}],
-            "path": {"pattern": "(", "replacement": "/x"},
+            "path": {"pattern": "(", "replacement": "/x/{nope}"},
             "query_params": [{"action": "set", "name": "a"}],
             "json": [{"action": "set", "path": "nope", "value": 1}],
         },
@@ -366,6 +366,7 @@ def test_config_problems_name_their_place():
     assert "routers[0].request_transformation.headers[1].action: unknown action 'frob'" in text
     assert "routers[0].request_transformation.headers[2]: 'Content-Length' cannot be transformed" in text
     assert "routers[0].request_transformation.path.pattern: invalid regex" in text
+    assert "routers[0].request_transformation.path.replacement: unknown template name {nope}" in text
     assert "routers[0].request_transformation.query_params[0]: 'set' needs a 'value'" in text
     assert "routers[0].request_transformation.json[0].path:" in text
     assert "routers[0].response_transformation.status_code_mappings[0].condition: unknown subject 'status'" in text
