@@ -21,8 +21,7 @@ import yaml
 
 from kairos.config import parse_config
 from tests.conftest import free_port
-from ops_helpers import config, metric_value, route
-from tests.integration.test_ops_reload_shutdown import wait_until
+from ops_helpers import config, metric_value, route, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"

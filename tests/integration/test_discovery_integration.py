@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dns_server import DnsServer
-from tests.ops_helpers import config, metric_value
+from tests.ops_helpers import config, metric_value, wait_until
 from upstream import Upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,14 +48,6 @@ def seq(gw, n: int, path: str = "/svc/echo") -> list[str | None]:
         return [c.get(path).headers.get("x-upstream") for _ in range(n)]
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def events(gw, name: str) -> list[dict]:
     return [r for r in gw.log_records() if r.get("event") == name]
 
@@ -72,13 +64,13 @@ def test_every_a_record_becomes_a_backend_and_changes_apply_without_dropping_req
         assert a.requests[-1].header("host") == f"users.test:{a.port}"  # the name, not the address
 
         dns.set("users.test", "A", ["127.0.0.1", "127.0.0.2"])
-        wait_for(lambda: set(seq(gw, 4)) == {"a", "b"})
-        wait_for(lambda: b.health_count > 0)  # the new member is health-checked too
+        wait_until(lambda: set(seq(gw, 4)) == {"a", "b"})
+        wait_until(lambda: b.health_count > 0)  # the new member is health-checked too
         change = events(gw, "discovery_members_changed")[-1]
         assert change["added"] == [f"http://127.0.0.2:{a.port}"] and change["removed"] == []
 
         dns.fail = "servfail"  # DNS down: the last good set stays
-        wait_for(lambda: events(gw, "discovery_failed"))
+        wait_until(lambda: events(gw, "discovery_failed"))
         assert set(seq(gw, 4)) == {"a", "b"}
         dns.fail = None
 
@@ -88,11 +80,11 @@ def test_every_a_record_becomes_a_backend_and_changes_apply_without_dropping_req
         thread = threading.Thread(target=lambda: slow.append(
             httpx.get(gw.url + "/svc/slow?ms=1500", timeout=10, trust_env=False)))
         thread.start()
-        wait_for(lambda: a.count + b.count > sum(before.values()))
+        wait_until(lambda: a.count + b.count > sum(before.values()))
         leaving, staying = (a, b) if a.count > before["a"] else (b, a)
         dns.set("users.test", "A", [staying.address])
         gone = f"http://{leaving.address}:{a.port}"
-        wait_for(lambda: events(gw, "discovery_members_changed")[-1]["removed"] == [gone])
+        wait_until(lambda: events(gw, "discovery_members_changed")[-1]["removed"] == [gone])
         thread.join(10)
         assert [(r.status_code, r.headers["x-upstream"]) for r in slow] == [(200, leaving.name)]
         assert set(seq(gw, 4)) == {staying.name}

@@ -9,22 +9,11 @@ import time
 
 import httpx
 
-from ops_helpers import config, metric_value, route
+from ops_helpers import config, metric_value, route, wait_until
 
 
 def reloads(client: httpx.Client, gw, result: str = "success") -> float:
     return metric_value(client.get(gw.url + "/metrics").text, "kairos_config_reloads_total", result=result)
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
 
 
 class Traffic(threading.Thread):

@@ -14,7 +14,7 @@ import pytest
 
 from kairos.app import Gateway as InProcessGateway
 from kairos.config import parse_config
-from tests.ops_helpers import metric_value
+from tests.ops_helpers import metric_value, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,14 +40,6 @@ def scrape(gw, name, **labels) -> float:
 
 def events(gw, name) -> list[dict]:
     return [r for r in gw.log_records() if r.get("event") == name]
-
-
-def wait_for(predicate, timeout=5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------- balancing
@@ -95,7 +87,7 @@ def test_active_health_checks_mark_down_and_up(make_upstream, gateway):
     a, b = make_upstream(2)
     hc = {"path": "/healthz", "interval_ms": 100, "timeout_ms": 500, "unhealthy_threshold": 2, "healthy_threshold": 2}
     gw = gateway(config(route([a, b], health_check=hc)))
-    wait_for(lambda: a.health_count >= 1 and b.health_count >= 1)
+    wait_until(lambda: a.health_count >= 1 and b.health_count >= 1)
     a.healthy = False
     gw.wait_for_log(lambda r: r.get("event") == "backend_unhealthy" and r.get("backend", "").endswith(f":{a.port}"))
     assert seq(gw, 4) == ["up1"] * 4
