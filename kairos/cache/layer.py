@@ -286,9 +286,8 @@ class Cache:
     # ------------------------------------------------------------------ answers
     async def _serve(self, scope: Scope, send: Send, entry: StoredEntry, age: str, result: str) -> None:
         self.policy.requests[result].inc()
-        headers = [h for h in entry.headers if h[0] not in _OWN]
-        headers.append((b"age", age.encode()))
-        headers.append((b"x-cache", _X[result]))
+        # Stored headers never hold Age or X-Cache (dropped when recorded and when refreshed).
+        headers = [*entry.headers, (b"age", age.encode()), (b"x-cache", _X[result])]
         if entry.status == 200 and self._not_modified(scope, entry):
             headers = [h for h in headers if h[0] in _NOT_MODIFIED_KEEP or h[0] in _OWN]
             await send({"type": "http.response.start", "status": 304, "headers": headers})

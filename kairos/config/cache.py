@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from kairos.config.block import Block, problem
+from kairos.config.block import Block, NonNegativeInt, PositiveInt, problem
 
 _KEY_PART = re.compile(r"^header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -43,32 +43,18 @@ class CacheKeyConfig(Block):
 
 class CacheConfig(Block):
     enabled: bool = False
-    ttl_secs: int = 60
-    max_size: int = 1024 * 1024
+    ttl_secs: NonNegativeInt = 60
+    max_size: PositiveInt = 1024 * 1024
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     redis_key_prefix: str = "kairos_cache:"
-    memory_bytes: int = 64 * 1024 * 1024
-    stale_while_revalidate_secs: int = 0
-    stale_if_error_secs: int = 0
+    memory_bytes: PositiveInt = 64 * 1024 * 1024
+    stale_while_revalidate_secs: NonNegativeInt = 0
+    stale_if_error_secs: NonNegativeInt = 0
     key: CacheKeyConfig = Field(default_factory=CacheKeyConfig)
     cache_authenticated: bool = False
     # How long concurrent misses wait for the one request that fetches the entry.
-    coalesce_timeout_ms: int = 5000
-
-    @field_validator("ttl_secs", "stale_while_revalidate_secs", "stale_if_error_secs")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise problem("must not be negative")
-        return value
-
-    @field_validator("max_size", "memory_bytes", "coalesce_timeout_ms")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value <= 0:
-            raise problem("must be greater than 0")
-        return value
+    coalesce_timeout_ms: PositiveInt = 5000
 
     @field_validator("redis_url")
     @classmethod

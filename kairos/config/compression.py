@@ -11,7 +11,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from kairos.config.block import Block, problem
+from kairos.config.block import Block, NonNegativeInt, problem
 
 # kairos-rs's names and kairos's additions -> the HTTP content-coding token.
 ALGORITHMS = {"gzip": "gzip", "brotli": "br", "br": "br", "deflate": "deflate", "zstd": "zstd"}
@@ -30,7 +30,7 @@ _MEDIA_RANGE = re.compile(r"^([a-z0-9!#$&^_.+\-]+|\*)/([a-z0-9!#$&^_.+\-*]+)$")
 class CompressionConfig(Block):
     enabled: bool = False
     level: int = 6
-    min_size: int = 1024
+    min_size: NonNegativeInt = 1024
     content_types: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
     algorithms: list[str] = Field(default_factory=lambda: ["gzip"])
 
@@ -39,13 +39,6 @@ class CompressionConfig(Block):
     def _level(cls, value: int) -> int:
         if not 1 <= value <= 9:
             raise problem("must be 1-9 (mapped onto each codec's own range)")
-        return value
-
-    @field_validator("min_size")
-    @classmethod
-    def _min_size(cls, value: int) -> int:
-        if value < 0:
-            raise problem("must not be negative")
         return value
 
     @field_validator("content_types")

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kairos.config.block import NonNegativeFloat, NonNegativeInt, PositiveInt
 from kairos.config.cache import CacheConfig
 from kairos.config.compression import CompressionConfig
 from kairos.config.admin import AdminConfig
@@ -84,21 +85,6 @@ def _port(value: int) -> int:
 Port = Annotated[int, AfterValidator(_port)]
 
 
-def _positive(value: int) -> int:
-    if value <= 0:
-        raise problem("must be greater than 0")
-    return value
-
-
-def _non_negative(value: int | float) -> int | float:
-    if value < 0:
-        raise problem("must not be negative")
-    return value
-
-
-PositiveInt = Annotated[int, AfterValidator(_positive)]
-NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
-NonNegativeFloat = Annotated[float, AfterValidator(_non_negative)]
 
 
 def _status(value: int) -> int:
@@ -228,7 +214,7 @@ class RetryConfig(Model):
     retry_non_idempotent: bool = False
     retry_buffer_bytes: NonNegativeInt = 65536
     per_try_timeout_ms: PositiveInt | None = None
-    budget_percent: Annotated[float, AfterValidator(_non_negative)] = 20.0
+    budget_percent: NonNegativeFloat = 20.0
     min_retry_concurrency: NonNegativeInt = 3
 
     @field_validator("backoff_multiplier")
@@ -291,7 +277,7 @@ class OutlierDetectionConfig(Model):
     consecutive_failures: PositiveInt = 5
     base_ejection_ms: PositiveInt = 30000
     max_ejection_ms: PositiveInt = 300000
-    max_ejection_percent: Annotated[int, AfterValidator(_non_negative)] = 50
+    max_ejection_percent: NonNegativeInt = 50
 
     @field_validator("max_ejection_percent")
     @classmethod

@@ -372,6 +372,23 @@ async def test_an_upstream_age_counts_against_freshness():
     assert h["x-cache"] == "MISS" and len(origin.calls) == 3
 
 
+async def test_a_hit_carries_one_age_and_one_x_cache_of_its_own():
+    origin = Origin(ok(**{"cache-control": "max-age=60", "age": "5", "x-cache": "HIT from upstream"}))
+    app = layer(origin)
+    await get(app)
+    entry = (await app.store.get("/r/{id} /r/1"))[0]
+    assert not [n for n, _ in entry.headers if n in (b"age", b"x-cache")]  # recorded without them
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": "/r/1", "raw_path": b"/r/1", "query_string": b"",
+               "headers": []}, None, send)
+    own = [(n, v) for n, v in sent[0]["headers"] if n in (b"age", b"x-cache")]
+    assert [n for n, _ in own] == [b"age", b"x-cache"] and own[1][1] == b"HIT" and 5 <= int(own[0][1]) <= 6
+
+
 async def test_a_hit_is_compressed_once_per_coding(monkeypatch):
     import gzip
 
