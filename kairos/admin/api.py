@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from kairos import __version__
 from kairos.admin import schemas
 from kairos.admin.control import reload_counts
-from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, summarize
+from kairos.admin.document import etag_of, find_route, redacted, restore_secrets, route_id, router_id, summarize
 from kairos.admin.match import match_request
 from kairos.admin.schemas import Operation
 from kairos.admin.stats import StatsSampler, read_sample, read_workers_sample
@@ -98,7 +98,7 @@ class AdminState:
         out = []
         for rc in self.control.config.routers:
             methods = list(rc.methods) + (["HEAD"] if "GET" in rc.methods and "HEAD" not in rc.methods else [])
-            out.append((route_id(rc.model_dump(exclude_none=True)), rc.external_path, methods))
+            out.append((router_id(rc), rc.external_path, methods))
         return out
 
     def current_tokens(self) -> TokenTable:

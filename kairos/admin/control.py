@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kairos.admin.document import route_id
+from kairos.admin.document import router_id
 from kairos.upstream.drain import apply_drained, read_drained, write_drained
 from kairos.config import GatewayConfig
 from kairos.observability import metrics
@@ -27,7 +27,7 @@ from kairos.upstream.breaker import STATE_NAMES
 
 
 def _route_ids(config: GatewayConfig) -> list[tuple[str, Any]]:
-    return [(route_id(rc.model_dump(exclude_none=True)), rc) for rc in config.routers]
+    return [(router_id(rc), rc) for rc in config.routers]
 
 
 def reload_counts() -> dict[str, int]:
@@ -92,7 +92,7 @@ class LiveControl:
         now = time.monotonic()
         rows: dict[str, dict[str, Any]] = {}
         for route in runtime.routes:
-            rid = route_id(route.config.model_dump(exclude_none=True))
+            rid = router_id(route.config)
             cluster = route.cluster
             for backend, weight in zip(cluster.backends, cluster.weights):
                 row = rows.get(backend.address)

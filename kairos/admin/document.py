@@ -32,6 +32,12 @@ def route_id(router: dict[str, Any]) -> str:
     return "r-" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
+def router_id(rc: Any) -> str:
+    """route_id of a parsed RouterConfig: its three fields, not a dump of the whole model (the
+    stats stream asks for every route's id every second)."""
+    return route_id({"name": rc.name, "methods": rc.methods, "external_path": rc.external_path})
+
+
 def etag_of(raw: bytes) -> str:
     return '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from kairos.admin.document import route_id
+from kairos.admin.document import router_id
 from kairos.config.models import GatewayConfig, RouterConfig
 from kairos.routing import MethodNotAllowed, PathTemplate, Router, UnsafePath, parse_pattern
 
@@ -65,7 +65,7 @@ def match_request(config: GatewayConfig, method: str, url: str) -> dict[str, Any
     return {
         "matched": True,
         "status": None,
-        "route": {"id": route_id(rc.model_dump(exclude_none=True)), "index": index, "name": rc.name,
+        "route": {"id": router_id(rc), "index": index, "name": rc.name,
                   "external_path": rc.external_path, "methods": rc.methods},
         "params": found.params,
         "upstream_path": upstream_path,

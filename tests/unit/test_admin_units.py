@@ -103,3 +103,17 @@ async def test_a_failed_write_back_leaves_the_previous_config_live(tmp_path, mon
     assert path.read_bytes() == before
     assert [(b.port, b.drained) for b in gateway.runtime.backends.values()] == [(9001, True)]
     assert gateway.config.routers[0].backend_list[0].port == 9001
+
+
+def test_router_id_of_a_parsed_router_is_the_documents_route_id():
+    from kairos.admin.document import router_id
+    from kairos.config import parse_config
+
+    routers = [{"external_path": "/a/{id}", "internal_path": "/{id}", "methods": ["post", "GET"],
+                "backends": [{"host": "http://127.0.0.1", "port": 9001}]},
+               {"name": "named", "external_path": "/b", "internal_path": "/b", "methods": ["GET"],
+                "backends": [{"host": "http://127.0.0.1", "port": 9001}]}]
+    cfg = parse_config({"routers": routers})
+    ids = [router_id(rc) for rc in cfg.routers]
+    assert ids == [route_id(r) for r in routers] == [route_id(rc.model_dump(exclude_none=True)) for rc in cfg.routers]
+    assert ids[0].startswith("r-") and ids[1] == "named"
