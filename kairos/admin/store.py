@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import orjson
 
 from kairos.admin.document import dumps, etag_of
 from kairos.config.loader import read_json
+from kairos.files import write_atomically
 
 
 class ConfigStore:
@@ -53,31 +53,7 @@ class ConfigStore:
     def write(self, document: dict[str, Any]) -> bytes:
         """Replace the file atomically with `document`; returns the bytes written."""
         data = dumps(document)
-        target = self.target
-        try:
-            st: os.stat_result | None = target.stat()
-        except OSError:
-            st = None
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if st is not None:
-                os.chmod(tmp, st.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):  # only root may give a file away
-                    os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.target, data)
         return data
 
     # ------------------------------------------------------------------ history

@@ -8,14 +8,13 @@ backend addresses; a missing or unreadable file means nothing is drained.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from kairos.files import write_atomically
 
 
 def drain_file(config_path: str) -> Path:
@@ -34,18 +33,7 @@ def read_drained(config_path: str | None) -> set[str]:
 
 
 def write_drained(config_path: str, addresses: Iterable[str]) -> None:
-    target = drain_file(config_path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(sorted(set(addresses))))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(drain_file(config_path), orjson.dumps(sorted(set(addresses))))
 
 
 def apply_drained(backends: Any, drained: set[str]) -> None:
